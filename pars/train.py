@@ -1,0 +1,238 @@
+"""Stage 2: train the pairwise ranker (predictor_train/scripts/train_pairwise_bert.py).
+
+Same model, loss, optimizer, schedule, clipping, AMP and outputs as the original release;
+read top to bottom: arguments, data, model, optimizer, loop, outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from pars.errors import PARSError
+from pars.hub import OFFLINE_ENCODER
+from pars.jsonio import write_json_atomic
+from pars.metrics import kendall_tau
+from pars.model import PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
+from pars.pairdata import PairCollator, PairDataset, load_pairs, load_rows, subsample
+from pars.scoring import PromptScorer, resolve_device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=(
+            "Train a BERT-family pairwise ranker on pair files from data_preprocess/: "
+            "score = Linear(pooler output), MarginRankingLoss on (score_A, score_B, 2*label-1). "
+            "Writes best_model.pt (best val accuracy), last_model.pt and metrics.json."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--train-file", required=True, help="Train pairs JSON (train_pairs_length_diff_<t>.json).")
+    p.add_argument("--val-file", required=True, help="Val pairs JSON (val_pairs_length_diff_<t>.json).")
+    p.add_argument("--output-dir", required=True, help="Directory for checkpoints and metrics.json.")
+    p.add_argument(
+        "--model-name", default="bert-base-uncased",
+        help=f"Encoder: hub id, local directory, or '{OFFLINE_ENCODER}' for the offline all-MiniLM-L6-v2.",
+    )
+    p.add_argument("--max-length", type=int, default=128, help="Tokens per prompt (longer ones are truncated).")
+    p.add_argument("--batch-size", type=int, default=128, help="Pairs per step.")
+    p.add_argument("--num-epochs", type=int, default=3, help="Passes over the train pairs.")
+    p.add_argument("--learning-rate", type=float, default=2e-5, help="AdamW peak learning rate.")
+    p.add_argument("--margin", type=float, default=1.0, help="MarginRankingLoss margin.")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="Share of steps with linear warm-up.")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers.")
+    p.add_argument("--seed", type=int, default=42, help="Seed of shuffling, subsampling and init.")
+    p.add_argument("--resume-from", default=None, help="Start from this checkpoint's weights (a state_dict).")
+    # Beyond the original: bounds for a time budget, device choice, ranking metrics.
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="Stop after this many optimizer steps (the schedule is fitted to it).")
+    p.add_argument("--max-train-samples", type=int, default=None, help="Use a seeded random subset of train pairs.")
+    p.add_argument("--max-eval-samples", type=int, default=None, help="Use a seeded random subset of val pairs.")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    p.add_argument(
+        "--val-data-file", default=None,
+        help="val_data.json for Kendall's tau per epoch; by default the one beside --val-file, if any.",
+    )
+    p.add_argument("--select-by", choices=("val_accuracy", "val_kendall_tau"), default="val_accuracy",
+                   help="Metric that picks best_model.pt.")
+    return p
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def evaluate(model, loader, device, criterion, use_amp) -> tuple[float, float]:
+    """Mean batch loss and pairwise accuracy, counted as the original does."""
+    model.eval()
+    total_loss, correct, total = 0.0, 0, 0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="Evaluating", leave=False):
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                score_a, score_b = model(**batch)
+                loss = criterion(score_a, score_b, 2 * labels - 1)
+            total_loss += loss.item()
+            correct += ((score_a > score_b).float() == labels).sum().item()
+            total += labels.size(0)
+    return total_loss / max(len(loader), 1), correct / max(total, 1)
+
+
+def val_kendall_tau(model, tokenizer, rows, max_length, device) -> float:
+    scorer = PromptScorer(model, tokenizer, max_length=max_length, device=device)
+    scores = scorer.score_many([r["prompt"] for r in rows], batch_size=64)
+    model.train()
+    return kendall_tau(scores, [r["answer_length"] for r in rows])
+
+
+def find_val_data(args) -> Path | None:
+    if args.val_data_file:
+        return Path(args.val_data_file)
+    beside = Path(args.val_file).with_name("val_data.json")
+    return beside if beside.is_file() else None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("batch_size", "num_epochs", "max_length"):
+        if getattr(args, name) < 1:
+            raise PARSError(f"--{name.replace('_', '-')} must be >= 1")
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+
+    # ---- data ----
+    train_pairs = subsample(load_pairs(args.train_file, "train file"), args.max_train_samples, args.seed)
+    val_pairs = subsample(load_pairs(args.val_file, "val file"), args.max_eval_samples, args.seed)
+    val_data_path = find_val_data(args)
+    val_rows = load_rows(val_data_path, "val data file") if val_data_path else None
+    if args.select_by == "val_kendall_tau" and val_rows is None:
+        raise PARSError("--select-by val_kendall_tau needs --val-data-file (or val_data.json beside --val-file)")
+
+    device = resolve_device(args.device)
+    use_amp = device.type == "cuda"
+    tokenizer = load_tokenizer(args.model_name)
+    collate = PairCollator(tokenizer, args.max_length)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(PairDataset(train_pairs), batch_size=args.batch_size, shuffle=True,
+                              num_workers=args.num_workers, collate_fn=collate, generator=generator,
+                              pin_memory=use_amp)
+    val_loader = DataLoader(PairDataset(val_pairs), batch_size=args.batch_size, shuffle=False,
+                            num_workers=args.num_workers, collate_fn=collate, pin_memory=use_amp)
+
+    # ---- model ----
+    model = PairwiseRanker.from_pretrained(args.model_name)
+    if args.resume_from:
+        load_state_dict_into(model, read_state_dict(args.resume_from), args.resume_from)
+    model.to(device)
+
+    # ---- optimizer and schedule ----
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    criterion = nn.MarginRankingLoss(margin=args.margin)
+    total_steps = args.num_epochs * len(train_loader)
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    num_epochs = min(args.num_epochs, math.ceil(total_steps / len(train_loader)))
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    print(f"device={device} amp={use_amp} train_pairs={len(train_pairs)} val_pairs={len(val_pairs)} "
+          f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else ""))
+
+    # ---- loop ----
+    output_dir.mkdir(parents=True, exist_ok=True)
+    best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf}
+    history: list[dict[str, Any]] = []
+    step = 0
+    start = time.perf_counter()
+    for epoch in range(num_epochs):
+        model.train()
+        running_loss, epoch_steps = 0.0, 0
+        progress = tqdm(train_loader, desc=f"Epoch {epoch + 1}/{num_epochs}",
+                        total=min(len(train_loader), total_steps - step))
+        for batch in progress:
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            labels = batch.pop("labels")
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                score_a, score_b = model(**batch)
+                loss = criterion(score_a, score_b, 2 * labels - 1)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            running_loss += loss.item()
+            epoch_steps += 1
+            step += 1
+            progress.set_postfix(loss=f"{running_loss / epoch_steps:.4f}")
+            if step >= total_steps:
+                break
+        progress.close()
+
+        train_loss = running_loss / max(epoch_steps, 1)
+        val_loss, val_accuracy = evaluate(model, val_loader, device, criterion, use_amp)
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                                  "val_accuracy": val_accuracy, "steps": step,
+                                  "elapsed_seconds": round(time.perf_counter() - start, 1)}
+        line = f"Epoch {epoch + 1}: train_loss={train_loss:.4f}, val_loss={val_loss:.4f}, " \
+               f"val_accuracy={val_accuracy:.4f}"
+        if val_rows is not None:
+            record["val_kendall_tau"] = val_kendall_tau(model, tokenizer, val_rows, args.max_length, device)
+            line += f", val_kendall_tau={record['val_kendall_tau']:.4f}"
+        history.append(record)
+        print(line)
+
+        metric = args.select_by
+        if record[metric] > best[metric]:
+            best = {k: record.get(k, best[k]) for k in best}
+            save_checkpoint(model, output_dir / "best_model.pt")
+
+    save_checkpoint(model, output_dir / "last_model.pt")
+
+    # ---- outputs: the original's keys first, then ours ----
+    metrics = {
+        "train_file": args.train_file,
+        "val_file": args.val_file,
+        "model_name": args.model_name,
+        "batch_size": args.batch_size,
+        "num_epochs": args.num_epochs,
+        "learning_rate": args.learning_rate,
+        "margin": args.margin,
+        "max_length": args.max_length,
+        "best_val_accuracy": best["val_accuracy"],
+        "history": history,
+        "select_by": args.select_by,
+        "best_val_kendall_tau": best["val_kendall_tau"] if val_rows is not None else None,
+        "val_data_file": str(val_data_path) if val_data_path else None,
+        "train_pairs": len(train_pairs),
+        "val_pairs": len(val_pairs),
+        "steps": step,
+        "device": str(device),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "seed": args.seed,
+    }
+    write_json_atomic(metrics, output_dir / "metrics.json")
+    print(f"Saved best checkpoint to {output_dir / 'best_model.pt'}")
+    print(f"Saved last checkpoint to {output_dir / 'last_model.pt'}")
+    print(f"Saved metrics to {output_dir / 'metrics.json'}")
+    return 0
