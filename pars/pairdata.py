@@ -91,3 +91,34 @@ class PairCollator:
             "attention_mask_B": mask_b,
             "labels": torch.tensor([float(p["label"]) for p in batch], dtype=torch.float32),
         }
+
+
+class RowCollator:
+    """For in-batch pairing: tokenizes a batch of rows (prompt, answer_length), padded to its longest."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer([r["prompt"] for r in batch], padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="pt")
+        return {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "lengths": torch.tensor([float(r["answer_length"]) for r in batch], dtype=torch.float32),
+        }
+
+
+def in_batch_pairs(lengths: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every pair (i < j) of a batch whose relative length difference passes the threshold.
+
+    Returns index tensors (i, j) and the MarginRankingLoss target (+1 when row i is longer), so the
+    same loss as the pair files applies to all of the batch's usable pairs at once.
+    """
+    i, j = torch.triu_indices(len(lengths), len(lengths), offset=1, device=lengths.device)
+    la, lb = lengths[i], lengths[j]
+    longest = torch.maximum(la, lb)
+    diff = torch.where(longest > 0, (la - lb).abs() / longest.clamp(min=1e-12), torch.zeros_like(la))
+    keep = diff >= threshold
+    return i[keep], j[keep], torch.where(la[keep] > lb[keep], 1.0, -1.0)

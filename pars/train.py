@@ -26,7 +26,16 @@ from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import write_json_atomic
 from pars.metrics import kendall_tau
 from pars.model import PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
-from pars.pairdata import PairCollator, PairDataset, load_pairs, load_rows, subsample
+from pars.pairdata import (
+    PairCollator,
+    PairDataset,
+    RowCollator,
+    in_batch_pairs,
+    load_pairs,
+    load_rows,
+    subsample,
+)
+from pars.pairs import check_threshold
 from pars.scoring import PromptScorer, resolve_device
 
 
@@ -66,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--val-data-file", default=None,
         help="val_data.json for Kendall's tau per epoch; by default the one beside --val-file, if any.",
     )
+    p.add_argument(
+        "--pairing", choices=("pairs", "in-batch"), default="pairs",
+        help="pairs: train on --train-file's pairs (the original). in-batch: encode --batch-size prompts of "
+             "train_data.json per step and apply the loss to every in-batch pair passing the threshold.",
+    )
+    p.add_argument("--train-data-file", default=None,
+                   help="train_data.json for --pairing in-batch; by default the one beside --train-file.")
+    p.add_argument("--similarity-threshold", type=float, default=0.2,
+                   help="--pairing in-batch: minimum relative length difference of a pair.")
     p.add_argument("--select-by", choices=("val_accuracy", "val_kendall_tau"), default="val_accuracy",
                    help="Metric that picks best_model.pt.")
     return p
@@ -102,11 +120,22 @@ def val_kendall_tau(model, tokenizer, rows, max_length, device) -> float:
     return kendall_tau(scores, [r["answer_length"] for r in rows])
 
 
-def find_val_data(args) -> Path | None:
-    if args.val_data_file:
-        return Path(args.val_data_file)
-    beside = Path(args.val_file).with_name("val_data.json")
+def find_beside(explicit: str | None, pair_file: str, name: str) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    beside = Path(pair_file).with_name(name)
     return beside if beside.is_file() else None
+
+
+def pair_scores(model, batch, pairing: str, threshold: float):
+    """(score_A, score_B, target) of the step's pairs, target +1 where A is longer."""
+    if pairing == "pairs":
+        labels = batch.pop("labels")
+        score_a, score_b = model(**batch)
+        return score_a, score_b, 2 * labels - 1
+    scores = model.score(batch["input_ids"], batch["attention_mask"])
+    i, j, target = in_batch_pairs(batch["lengths"], threshold)
+    return scores[i], scores[j], target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,9 +147,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
 
     # ---- data ----
-    train_pairs = subsample(load_pairs(args.train_file, "train file"), args.max_train_samples, args.seed)
+    if args.pairing == "pairs":
+        train_items = load_pairs(args.train_file, "train file")
+    else:
+        check_threshold(args.similarity_threshold)
+        train_data_path = find_beside(args.train_data_file, args.train_file, "train_data.json")
+        if train_data_path is None:
+            raise PARSError("--pairing in-batch needs --train-data-file (or train_data.json beside --train-file)")
+        train_items = load_rows(train_data_path, "train data file")
+    train_items = subsample(train_items, args.max_train_samples, args.seed)
     val_pairs = subsample(load_pairs(args.val_file, "val file"), args.max_eval_samples, args.seed)
-    val_data_path = find_val_data(args)
+    val_data_path = find_beside(args.val_data_file, args.val_file, "val_data.json")
     val_rows = load_rows(val_data_path, "val data file") if val_data_path else None
     if args.select_by == "val_kendall_tau" and val_rows is None:
         raise PARSError("--select-by val_kendall_tau needs --val-data-file (or val_data.json beside --val-file)")
@@ -128,13 +165,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = resolve_device(args.device)
     use_amp = device.type == "cuda"
     tokenizer = load_tokenizer(args.model_name)
-    collate = PairCollator(tokenizer, args.max_length)
+    pair_collate = PairCollator(tokenizer, args.max_length)
+    train_collate = pair_collate if args.pairing == "pairs" else RowCollator(tokenizer, args.max_length)
     generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(PairDataset(train_pairs), batch_size=args.batch_size, shuffle=True,
-                              num_workers=args.num_workers, collate_fn=collate, generator=generator,
-                              pin_memory=use_amp)
+    train_loader = DataLoader(PairDataset(train_items), batch_size=args.batch_size, shuffle=True,
+                              num_workers=args.num_workers, collate_fn=train_collate, generator=generator,
+                              pin_memory=use_amp, drop_last=args.pairing == "in-batch" and
+                              len(train_items) > args.batch_size)
     val_loader = DataLoader(PairDataset(val_pairs), batch_size=args.batch_size, shuffle=False,
-                            num_workers=args.num_workers, collate_fn=collate, pin_memory=use_amp)
+                            num_workers=args.num_workers, collate_fn=pair_collate, pin_memory=use_amp)
 
     # ---- model ----
     model = PairwiseRanker.from_pretrained(args.model_name)
@@ -153,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps), num_training_steps=total_steps
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    print(f"device={device} amp={use_amp} train_pairs={len(train_pairs)} val_pairs={len(val_pairs)} "
+    print(f"device={device} amp={use_amp} pairing={args.pairing} train_items={len(train_items)} "
+          f"val_pairs={len(val_pairs)} "
           f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else ""))
 
     # ---- loop ----
@@ -169,11 +209,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         total=min(len(train_loader), total_steps - step))
         for batch in progress:
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-            labels = batch.pop("labels")
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, enabled=use_amp):
-                score_a, score_b = model(**batch)
-                loss = criterion(score_a, score_b, 2 * labels - 1)
+                score_a, score_b, target = pair_scores(model, batch, args.pairing, args.similarity_threshold)
+                loss = criterion(score_a.float(), score_b.float(), target)
+            if target.numel() == 0:  # in-batch: no pair of this batch passes the threshold
+                continue
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -224,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "select_by": args.select_by,
         "best_val_kendall_tau": best["val_kendall_tau"] if val_rows is not None else None,
         "val_data_file": str(val_data_path) if val_data_path else None,
-        "train_pairs": len(train_pairs),
+        "pairing": args.pairing,
+        "train_items": len(train_items),
         "val_pairs": len(val_pairs),
         "steps": step,
         "device": str(device),

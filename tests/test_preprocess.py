@@ -47,7 +47,8 @@ def lmsys_rows(n=120):
     rows = []
     for i in range(n):
         turn = RNG.choice([1, 1, 2])
-        conv = [{"content": f"question {i}", "role": "user"}, {"content": text(RNG.randint(1, 50)), "role": "assistant"}]
+        conv = [{"content": f"question {i}", "role": "user"},
+                {"content": text(RNG.randint(1, 50)), "role": "assistant"}]
         if turn == 2:
             conv += [{"content": "more", "role": "user"}, {"content": text(5), "role": "assistant"}]
         rows.append({"conversation_id": str(i), "model": RNG.choice(["gpt-4", "vicuna-13b"]), "turn": turn,

