@@ -109,17 +109,21 @@ def short_names(paths: Sequence[str | Path]) -> list[str]:
     the file stem for files in one directory (`tr/best_model`, `tr/last_model`)."""
     resolved = [Path(p).resolve() for p in paths]
     dirs = list(dict.fromkeys(p.parent for p in resolved))
-    depth = next(k for k in range(1, max(len(d.parts) for d in dirs) + 1)
-                 if len({_tail(d, k) for d in dirs}) == len(dirs))
+    dir_name = {d: _distinct_tail(d, [o for o in dirs if o != d]) for d in dirs}
     per_dir = Counter(p.parent for p in resolved)
-    names = [_tail(p.parent, depth) + (f"/{p.stem}" if per_dir[p.parent] > 1 else "") for p in resolved]
+    names = [dir_name[p.parent] + (f"/{p.stem}" if per_dir[p.parent] > 1 else "") for p in resolved]
     if len(set(names)) < len(names):  # the same file given twice
         names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
     return names
 
 
-def _tail(directory: Path, k: int) -> str:
-    return "/".join(directory.parts[-k:])
+def _distinct_tail(directory: Path, others: Sequence[Path]) -> str:
+    """The last k parts of a directory, k as small as keeps it apart from the others' last k."""
+    for k in range(1, len(directory.parts) + 1):
+        tail = directory.parts[-k:]
+        if all(o.parts[-k:] != tail for o in others):
+            return Path(*tail).as_posix()
+    return str(directory)
 
 
 def per_item(values: Sequence[str] | None, count: int, flag: str, of: str) -> list[str] | None:
