@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pars.baselines import TfidfRidgeBaseline, prompt_char_lengths, prompt_token_lengths
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
@@ -189,16 +187,6 @@ def check_args(args: argparse.Namespace) -> None:
             raise PARSError(f"checkpoint not found: {path}")
     if Path(args.output).is_dir():
         raise PARSError(f"--output must be a file path, {args.output} is a directory")
-
-
-def check_device(name: str) -> torch.device:
-    try:
-        device = resolve_device(name)
-    except RuntimeError:
-        raise PARSError(f"--device {name!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PARSError(f"--device {name}: CUDA is not available on this machine")
-    return device
 
 
 # ---- metrics ----
@@ -372,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     model_names = per_item(args.model_name, len(args.checkpoint), "--model-name", "--checkpoint")
-    device = check_device(args.device)
+    device = resolve_device(args.device)
     started = time.perf_counter()
     notes: list[str] = []
     datasets = load_datasets(args, notes)

@@ -12,13 +12,21 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from pars.errors import PARSError
 from pars.model import PairwiseRanker
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """'auto' (or None): cuda when available, else cpu; otherwise the named device, checked."""
     if device in (None, "", "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise PARSError(f"device {device!r} is not a device (use auto, cpu, cuda or cuda:N)") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise PARSError(f"device {device!r}: CUDA is not available on this machine")
+    return resolved
 
 
 class PromptScorer:

@@ -51,6 +51,7 @@ def trained(tiny_model_dir, tiny_data, tmp_path_factory):
 
 def test_outputs_and_metrics_keys(trained, tiny_data):
     assert (trained / "best_model.pt").is_file() and (trained / "last_model.pt").is_file()
+    assert (trained / "training_curves.png").stat().st_size > 1000
     metrics = json.loads((trained / "metrics.json").read_text())
     assert ORIGINAL_KEYS <= metrics.keys()
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
