@@ -22,7 +22,7 @@ from pars.baselines import TfidfRidgeBaseline, prompt_char_lengths, prompt_token
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import write_json_files_atomic
-from pars.metrics import kendall_tau, pairwise_accuracy, spearman_rho
+from pars.metrics import kendall_tau, kendall_tau_difference, pairwise_accuracy, spearman_rho
 from pars.model import load_ranker, load_tokenizer
 from pars.pairdata import load_pairs, load_rows, subsample
 from pars.pairs import pair_file_name
@@ -243,20 +243,31 @@ class TfidfCache:
         return self.fitted[key]
 
 
-def evaluate_baselines(ds: EvalDataset, tokenizer, tfidf: TfidfCache) -> dict[str, dict[str, Any]]:
-    """Every baseline on the same rows and pairs the checkpoints see."""
-    results = {
-        "prompt_chars": timed_scores(prompt_char_lengths, ds)[0],
-        "prompt_tokens": timed_scores(lambda ps: prompt_token_lengths(ps, tokenizer), ds)[0],
-    }
+def evaluate_baselines(ds: EvalDataset, tokenizer, tfidf: TfidfCache
+                       ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, float]]]:
+    """Every baseline on the same rows and pairs the checkpoints see: metrics, and scores per prompt."""
+    results, tables = {}, {}
+    results["prompt_chars"], tables["prompt_chars"] = timed_scores(prompt_char_lengths, ds)
+    results["prompt_tokens"], tables["prompt_tokens"] = timed_scores(
+        lambda ps: prompt_token_lengths(ps, tokenizer), ds)
     if ds.train_data is not None:
         fitted = tfidf.get(ds.train_data)
+        metrics, tables["tfidf_ridge"] = timed_scores(fitted.model.score, ds)
         results["tfidf_ridge"] = {
-            **timed_scores(fitted.model.score, ds)[0], "fit_seconds": fitted.fit_seconds,
+            **metrics, "fit_seconds": fitted.fit_seconds,
             "train_data": str(ds.train_data), "train_rows": fitted.train_rows,
             "val_rows_with_prompt_in_train": sum(r["prompt"] in fitted.train_prompts for r in ds.rows),
         }
-    return results
+    return results, tables
+
+
+def versus_baselines(score_of: dict[str, float], baseline_tables: dict[str, dict[str, float]],
+                     ds: EvalDataset, seed: int) -> dict[str, dict[str, float]]:
+    """The checkpoint's tau minus each baseline's on the same rows, with a paired bootstrap 95 % interval."""
+    lengths = [r["answer_length"] for r in ds.rows]
+    ours = [score_of[r["prompt"]] for r in ds.rows]
+    return {name: kendall_tau_difference(ours, [table[r["prompt"]] for r in ds.rows], lengths, seed=seed)
+            for name, table in baseline_tables.items()}
 
 
 def evaluate_checkpoint(scorer: PromptScorer, ds: EvalDataset, batch_size: int
@@ -303,6 +314,10 @@ def format_table(results: dict[str, dict[str, Any]], datasets: Sequence[EvalData
             label = f"{name} ({kind})"
             lines.append(f"  {label:<{width}} {fmt(m['kendall_tau']):>11} {fmt(m['spearman_rho']):>12} "
                          f"{fmt(m['pairwise_accuracy']):>8} {m['seconds']:>8.2f}")
+        for name, m in res["models"].items():
+            for base, d in m.get("tau_minus_baseline", {}).items():
+                lines.append(f"  tau({name}) - tau({base}) = {d['difference']:+.4f}  "
+                             f"(paired bootstrap 95% CI {fmt(d['ci95_low'])} .. {fmt(d['ci95_high'])})")
         lines.append("")
     return "\n".join(lines)
 
@@ -372,11 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # checkpoint's tokenizer (WordPiece vocabularies of one family count nearly alike).
     tokenizer = load_tokenizer(model_names[0])
     tfidf = TfidfCache(args.seed)
-    results: dict[str, dict[str, Any]] = {
-        ds.name: {"rows": len(ds.rows), "pairs": len(ds.pairs), "models": {},
-                  "baselines": evaluate_baselines(ds, tokenizer, tfidf)}
-        for ds in datasets
-    }
+    results: dict[str, dict[str, Any]] = {}
+    baseline_tables: dict[str, dict[str, dict[str, float]]] = {}
+    for ds in datasets:
+        baselines, baseline_tables[ds.name] = evaluate_baselines(ds, tokenizer, tfidf)
+        results[ds.name] = {"rows": len(ds.rows), "pairs": len(ds.pairs), "models": {}, "baselines": baselines}
 
     load_seconds = {}
     first_scores: dict[str, float] = {}
@@ -388,6 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for ds in datasets:
             print(f"Scoring {ds.name} ({len(ds.prompts())} prompts) with {ckpt_name} on {device}")
             metrics, score_of = evaluate_checkpoint(scorer, ds, args.batch_size)
+            metrics["tau_minus_baseline"] = versus_baselines(score_of, baseline_tables[ds.name], ds, args.seed)
             results[ds.name]["models"][ckpt_name] = metrics
             first_scores = first_scores or score_of
         del scorer

@@ -110,6 +110,13 @@ def test_checkpoint_metrics_equal_a_direct_computation(evaluated, tiny_model_dir
     a, b = scorer.score([p["prompt_A"] for p in pairs]), scorer.score([p["prompt_B"] for p in pairs])
     right = sum((sa > sb) == bool(p["label"]) for sa, sb, p in zip(a, b, pairs, strict=True))
     assert got["pairwise_accuracy"] == pytest.approx(right / len(pairs))
+    # tau minus each baseline's tau, on the same rows
+    base = report["results"][tiny_data.name]["baselines"]
+    diffs = got["tau_minus_baseline"]
+    assert set(diffs) == set(base)
+    for name, d in diffs.items():
+        assert d["difference"] == pytest.approx(got["kendall_tau"] - base[name]["kendall_tau"], abs=1e-9)
+        assert d["ci95_low"] <= d["difference"] <= d["ci95_high"]
     # Different seeds, different fc: the two checkpoints are not scored as one.
     assert got["kendall_tau"] != report["results"][tiny_data.name]["models"]["run_a"]["kendall_tau"]
 

@@ -68,3 +68,21 @@ def test_pairwise_accuracy_extremes_and_errors():
     assert math.isnan(pairwise_accuracy([], [], []))
     with pytest.raises(ValueError):
         pairwise_accuracy([1.0, 2.0], [0.0], [1, 1])
+
+
+def test_kendall_tau_difference_paired_bootstrap():
+    import random
+
+    from pars.metrics import kendall_tau_difference
+
+    rng = random.Random(0)
+    lengths = [rng.random() for _ in range(200)]
+    perfect = list(lengths)
+    noisy = [v + rng.gauss(0, 1.0) for v in lengths]
+    better = kendall_tau_difference(perfect, noisy, lengths, n_resamples=200)
+    assert better["difference"] > 0 and better["ci95_low"] > 0
+    assert better["ci95_low"] <= better["difference"] <= better["ci95_high"]
+    same = kendall_tau_difference(noisy, noisy, lengths, n_resamples=200)
+    assert same["difference"] == 0 and same["ci95_low"] == 0 and same["ci95_high"] == 0
+    worse = kendall_tau_difference(noisy, perfect, lengths, n_resamples=200)
+    assert worse["ci95_high"] < 0
