@@ -78,3 +78,23 @@ def test_threshold_bounds_and_file_name():
             check_threshold(bad)
     assert pair_file_name("train", 0.2) == "train_pairs_length_diff_0.2.json"
     assert pair_file_name("val", 0.25) == "val_pairs_length_diff_0.25.json"
+
+
+def test_atomic_json_write_replaces_whole_file_with_normal_mode(tmp_path):
+    import json
+    import os
+    import stat
+
+    from pars.jsonio import write_json_atomic, write_json_files_atomic
+
+    target = tmp_path / "out.json"
+    write_json_atomic({"a": 1}, target)
+    write_json_atomic({"a": "é"}, target)
+    assert json.loads(target.read_text(encoding="utf-8")) == {"a": "é"}
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+    # a failure while writing the second file leaves neither file nor temporaries behind
+    with pytest.raises(TypeError):
+        write_json_files_atomic({tmp_path / "x.json": [1], tmp_path / "y.json": object()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]
