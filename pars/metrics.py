@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,8 +29,12 @@ def kendall_tau_difference(
     point = diff(scores, baseline, lengths)
     if len(scores) < 3 or not math.isfinite(point):
         return {"difference": point, "ci95_low": float("nan"), "ci95_high": float("nan")}
-    res = stats.bootstrap((list(scores), list(baseline), list(lengths)), diff, paired=True, vectorized=False,
-                          n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
+    with warnings.catch_warnings():
+        # A handful of rows can make every resample alike; the interval then collapses or is NaN.
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        res = stats.bootstrap((list(scores), list(baseline), list(lengths)), diff, paired=True,
+                              vectorized=False, n_resamples=n_resamples, method="percentile",
+                              rng=np.random.default_rng(seed))
     return {"difference": point, "ci95_low": _finite(res.confidence_interval.low),
             "ci95_high": _finite(res.confidence_interval.high)}
 
