@@ -26,7 +26,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import write_json_atomic
-from pars.metrics import kendall_tau
+from pars.metrics import kendall_tau, pairwise_accuracy
 from pars.model import PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
 from pars.pairdata import (
     PairCollator,
@@ -124,7 +124,7 @@ def validate(scorer: PromptScorer, val_pairs, val_rows, batch_size: int, criteri
     losses = [criterion(score_a[i : i + batch_size], score_b[i : i + batch_size],
                         2 * labels[i : i + batch_size] - 1).item() for i in range(0, len(val_pairs), batch_size)]
     result = {"val_loss": sum(losses) / len(losses),
-              "val_accuracy": ((score_a > score_b).float() == labels).float().mean().item()}
+              "val_accuracy": pairwise_accuracy(score_a.tolist(), score_b.tolist(), [p["label"] for p in val_pairs])}
     if val_rows is not None:
         result["val_kendall_tau"] = kendall_tau([table[r["prompt"]] for r in val_rows],
                                                 [r["answer_length"] for r in val_rows])
