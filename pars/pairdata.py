@@ -57,15 +57,17 @@ def subsample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
     return [items[i] for i in keep]
 
 
-class PairDataset(Dataset):
-    def __init__(self, pairs: Sequence[dict[str, Any]]) -> None:
-        self.pairs = pairs
+class ListDataset(Dataset):
+    """Pairs or rows held in memory; the collator turns a batch of them into tensors."""
+
+    def __init__(self, items: Sequence[dict[str, Any]]) -> None:
+        self.items = items
 
     def __len__(self) -> int:
-        return len(self.pairs)
+        return len(self.items)
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        return self.pairs[idx]
+        return self.items[idx]
 
 
 class PairCollator:

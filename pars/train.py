@@ -29,8 +29,8 @@ from pars.jsonio import write_json_atomic
 from pars.metrics import kendall_tau, pairwise_accuracy
 from pars.model import PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
 from pars.pairdata import (
+    ListDataset,
     PairCollator,
-    PairDataset,
     RowCollator,
     in_batch_pairs,
     load_pairs,
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.group_by_length:
         sampler = LengthGroupedSampler(args.batch_size, lengths=token_lengths(tokenizer, train_items, args.max_length),
                                        generator=generator)
-    train_loader = DataLoader(PairDataset(train_items), batch_size=args.batch_size, shuffle=sampler is None,
+    train_loader = DataLoader(ListDataset(train_items), batch_size=args.batch_size, shuffle=sampler is None,
                               sampler=sampler, num_workers=args.num_workers, collate_fn=train_collate,
                               generator=generator, pin_memory=use_amp,
                               drop_last=args.pairing == "in-batch" and len(train_items) > args.batch_size)
