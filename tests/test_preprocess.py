@@ -252,3 +252,11 @@ def test_help_explains():
                  "--val-num-pairs", "--data-files", "--num-proc"):
         assert flag in proc.stdout
     assert "(default: 50)" in proc.stdout  # lmsys train pairs per row
+
+
+def test_num_proc_gives_the_same_outputs(tmp_path):
+    rows = lmsys_rows(80)
+    src = write(tmp_path / "l.parquet", rows, "parquet")
+    preprocess.main("lmsys", ["--output-dir", str(tmp_path / "one"), "--data-files", str(src)])
+    preprocess.main("lmsys", ["--output-dir", str(tmp_path / "two"), "--data-files", str(src), "--num-proc", "2"])
+    assert read_outputs(tmp_path / "one") == read_outputs(tmp_path / "two")
