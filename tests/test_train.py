@@ -210,3 +210,23 @@ def test_in_batch_training_learns(tiny_model_dir, tiny_data, tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["pairing"] == "in-batch" and metrics["train_items"] == 60
     assert metrics["best_val_accuracy"] > 0.75
+
+
+def test_select_by_tau(tiny_model_dir, tiny_data, tmp_path):
+    args = train_args(tiny_model_dir, tiny_data, tmp_path, "--num-epochs", "3", "--select-by", "val_kendall_tau")
+    assert train.main(args) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    taus = [h["val_kendall_tau"] for h in metrics["history"]]
+    assert metrics["select_by"] == "val_kendall_tau"
+    assert metrics["best_val_kendall_tau"] == max(taus)
+    best_epoch = taus.index(max(taus))
+    assert metrics["best_val_accuracy"] == metrics["history"][best_epoch]["val_accuracy"]
+
+
+def test_select_by_tau_needs_val_rows(tiny_model_dir, tiny_data, tmp_path):
+    pairs = tmp_path / "val_pairs.json"
+    pairs.write_text((tiny_data / "val_pairs_length_diff_0.2.json").read_text())
+    args = train_args(tiny_model_dir, tiny_data, tmp_path / "o", "--select-by", "val_kendall_tau")
+    args[args.index("--val-file") + 1] = str(pairs)
+    with pytest.raises(PARSError, match="needs --val-data-file"):
+        train.main(args)
