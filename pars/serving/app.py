@@ -1,26 +1,50 @@
 """The predictor service: an app factory whose lifespan loads the model once.
 
-Scores are computed off the event loop (a worker thread) by the shared PromptScorer.
+Every scoring endpoint goes through one runner: the dynamic batcher (default), which scores the prompts
+of concurrent requests together on a dedicated inference thread, or, with PREDICTOR_BATCHING=off, one
+forward pass per request on that same thread. Tokenization runs on its own thread, off the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pars import __version__
 from pars.errors import PARSError
 from pars.model import load_ranker, load_tokenizer
-from pars.scoring import PromptScorer
+from pars.scoring import PromptScorer, resolve_device
+from pars.serving.batcher import (
+    DynamicBatcher,
+    InferenceEngine,
+    PerRequestRunner,
+    QueueFullError,
+    ShuttingDownError,
+)
+from pars.serving.observability import Metrics, RequestMetrics
 from pars.serving.schemas import (
     CompareBatchRequest,
     CompareBatchResponse,
     CompareRequest,
     CompareResponse,
+    ErrorResponse,
+    HealthResponse,
+    ReadyResponse,
     RootResponse,
     ScoreBatchRequest,
     ScoreBatchResponse,
@@ -29,16 +53,52 @@ from pars.serving.schemas import (
 )
 from pars.serving.settings import Settings
 
+log = logging.getLogger("pars.serving")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+OPEN_PATHS = frozenset({"/health", "/ready"})  # answered without the API key (liveness/readiness probes)
+PRIORITY_BOUND = 2**31 - 1
+
 
 def load_scorer(settings: Settings) -> PromptScorer:
+    device = resolve_device(settings.device)
+    dtype = DTYPES[settings.dtype]
+    if dtype != torch.float32 and device.type != "cuda":
+        raise PARSError(f"PREDICTOR_DTYPE={settings.dtype} needs a CUDA device (this one is {device}); "
+                        "use float32 on CPU")
     tokenizer = load_tokenizer(settings.model_name)
     model = load_ranker(settings.model_name, settings.model_path)
-    return PromptScorer(model, tokenizer, max_length=settings.max_length, device=settings.device)
+    scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
+    if dtype != torch.float32:
+        scorer.model.to(dtype)
+    return scorer
 
 
 def compare(prompt_a: str, prompt_b: str, score_a: float, score_b: float) -> CompareResponse:
     return CompareResponse(prompt_a=prompt_a, prompt_b=prompt_b, score_a=score_a, score_b=score_b,
                            winner="prompt_a" if score_a > score_b else "prompt_b")
+
+
+def priority_of(score: float, scale: float) -> int:
+    """vLLM `priority` (lower is served earlier): a fixed affine map of the score, the same in every
+    request, so a longer predicted response gets a larger number. Clipped to int32."""
+    return max(-PRIORITY_BOUND, min(PRIORITY_BOUND, round(score * scale)))
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, error: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error, self.message = status, error, message
+
+
+def error_response(status: int, error: str, message: str, detail: list | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
+    body = ErrorResponse(error=error, message=message, detail=detail).model_dump(exclude_none=True)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+_HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                     413: "too_large", 429: "queue_full", 503: "unavailable", 504: "timeout"}
 
 
 class OneLineStartupErrors:
@@ -62,11 +122,36 @@ class OneLineStartupErrors:
         await self.app(scope, receive, send_reason)
 
 
+class BearerAuth:
+    """ASGI middleware: with PREDICTOR_API_KEY set, every path but /health and /ready needs
+    `Authorization: Bearer <key>` (compared in constant time); otherwise 401."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        key: bytes | None = getattr(scope["app"].state, "api_key", None) if scope["type"] == "http" else None
+        if key and scope["path"] not in OPEN_PATHS:
+            header = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            scheme, _, token = header.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), key):
+                response = error_response(401, "unauthorized", "missing or wrong API key "
+                                          "(send the header `Authorization: Bearer <PREDICTOR_API_KEY>`)",
+                                          headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        app.state.status, app.state.status_message = "loading", "loading the model"
         try:
             s = settings if settings is not None else Settings()
+            torch.set_num_threads(s.threads())
             scorer = await run_in_threadpool(load_scorer, s)
         except ValidationError as exc:
             err = exc.errors()[0]
@@ -77,40 +162,140 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.settings = s
         app.state.scorer = scorer
-        yield
+        api_key = s.api_key.get_secret_value() if s.api_key is not None else ""
+        app.state.api_key = api_key.encode() if api_key else None
+        engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, DTYPES[s.dtype],
+                                 s.forward_overhead_tokens)
+        if s.batching:
+            runner = DynamicBatcher(engine, metrics, s.max_batch_size, s.max_batch_tokens, s.max_wait_ms / 1000,
+                                    s.max_queue_prompts)
+        else:
+            runner = PerRequestRunner(engine, metrics, s.max_queue_prompts)
+        app.state.engine, app.state.runner = engine, runner
+        app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-tokenize")
+        runner.start()
+
+        async def warm_up() -> None:
+            if s.warmup:
+                app.state.status, app.state.status_message = "warming_up", "warming up the model"
+                try:
+                    await engine.run(engine.warm_up)
+                except Exception as exc:  # noqa: BLE001 - reported by /ready, the service keeps trying requests
+                    log.exception("warm-up failed")
+                    app.state.status, app.state.status_message = "failed", f"warm-up failed: {exc}"
+                    return
+            app.state.status, app.state.status_message = "ready", "model loaded and warmed up"
+            metrics.ready.set(1)
+
+        # In the background: the server answers /health (and /ready with 503) while it runs.
+        warm_task = asyncio.get_running_loop().create_task(warm_up())
+        try:
+            yield
+        finally:
+            # Uvicorn has stopped taking connections and let in-flight requests finish; finish
+            # whatever is still queued, then stop the threads.
+            app.state.status, app.state.status_message = "stopping", "shutting down"
+            metrics.ready.set(0)
+            await asyncio.gather(warm_task, return_exceptions=True)
+            await runner.close()
+            engine.close()
+            app.state.tokenizer_thread.shutdown(wait=True)
 
     app = FastAPI(title="PARS prompt score predictor", version=__version__, lifespan=lifespan)
+    app.state.status, app.state.status_message = "loading", "loading the model"
+    app.add_middleware(BearerAuth)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 401s too
     app.add_middleware(OneLineStartupErrors)
+    app.state.metrics = metrics
 
-    def scorer_of(request: Request) -> PromptScorer:
-        return request.app.state.scorer
+    @app.exception_handler(ServiceError)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc.status, exc.error, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = jsonable_encoder(exc.errors())
+        first = errors[0] if errors else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        message = f"invalid request: {where}: {first.get('msg', 'invalid')}" if first else "invalid request"
+        return error_response(422, "invalid_request", message, detail=errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, _HTTP_ERROR_CODES.get(exc.status_code, "error"), str(exc.detail),
+                              headers=getattr(exc, "headers", None))
+
+    async def scores_of(request: Request, prompts: Sequence[str]) -> list[float]:
+        """The limits, then tokenization (its own thread), then the runner, within the request timeout."""
+        s: Settings = request.app.state.settings
+        if len(prompts) > s.max_prompts_per_request:
+            raise ServiceError(413, "too_many_prompts", f"{len(prompts)} prompts in one request; the limit is "
+                               f"{s.max_prompts_per_request} (PREDICTOR_MAX_PROMPTS_PER_REQUEST)")
+        for i, p in enumerate(prompts):
+            if len(p) > s.max_prompt_chars:
+                raise ServiceError(413, "prompt_too_long", f"prompt {i} has {len(p)} characters; the limit is "
+                                   f"{s.max_prompt_chars} (PREDICTOR_MAX_PROMPT_CHARS)")
+        if not prompts:
+            return []
+        engine: InferenceEngine = request.app.state.engine
+
+        async def tokenize_and_score() -> list[float]:
+            ids = await asyncio.get_running_loop().run_in_executor(request.app.state.tokenizer_thread,
+                                                                   engine.encode, prompts)
+            return await request.app.state.runner.score(ids)
+
+        try:
+            return await asyncio.wait_for(tokenize_and_score(), s.request_timeout_s)
+        except QueueFullError as exc:
+            raise ServiceError(429, "queue_full", str(exc)) from None
+        except ShuttingDownError as exc:
+            raise ServiceError(503, "shutting_down", str(exc)) from None
+        except asyncio.TimeoutError:
+            raise ServiceError(504, "timeout", f"not scored within {s.request_timeout_s:g} s "
+                               "(PREDICTOR_REQUEST_TIMEOUT_S); the service is overloaded") from None
+
+    @app.get("/health", response_model=HealthResponse)
+    async def health() -> HealthResponse:
+        return HealthResponse(status="ok")
+
+    @app.get("/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+    async def ready(request: Request):
+        body = ReadyResponse(status=request.app.state.status, message=request.app.state.status_message)
+        return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", response_model=RootResponse)
     async def root(request: Request) -> RootResponse:
         s: Settings = request.app.state.settings
         return RootResponse(message="Predictor score model is running.", model_path=s.model_path,
-                            model_name=s.model_name, device=str(scorer_of(request).device))
+                            model_name=s.model_name, device=str(request.app.state.scorer.device))
 
     @app.post("/score", response_model=ScoreResponse)
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
-        (value,) = await run_in_threadpool(scorer_of(request).score, [body.prompt])
+        (value,) = await scores_of(request, [body.prompt])
         return ScoreResponse(prompt=body.prompt, score=value)
 
-    @app.post("/score_batch", response_model=ScoreBatchResponse)
+    @app.post("/score_batch", response_model=ScoreBatchResponse, response_model_exclude_none=True)
     async def score_batch(body: ScoreBatchRequest, request: Request) -> ScoreBatchResponse:
-        scores = await run_in_threadpool(scorer_of(request).score, body.prompts)
-        return ScoreBatchResponse(prompts=body.prompts, scores=scores)
+        scores = await scores_of(request, body.prompts)
+        priorities = None
+        if body.return_priorities:
+            scale = request.app.state.settings.priority_scale
+            priorities = [priority_of(v, scale) for v in scores]
+        return ScoreBatchResponse(prompts=body.prompts, scores=scores, priorities=priorities)
 
     @app.post("/compare", response_model=CompareResponse)
     async def compare_one(body: CompareRequest, request: Request) -> CompareResponse:
-        score_a, score_b = await run_in_threadpool(scorer_of(request).score, [body.prompt_a, body.prompt_b])
+        score_a, score_b = await scores_of(request, [body.prompt_a, body.prompt_b])
         return compare(body.prompt_a, body.prompt_b, score_a, score_b)
 
     @app.post("/compare_batch", response_model=CompareBatchResponse)
     async def compare_batch(body: CompareBatchRequest, request: Request) -> CompareBatchResponse:
-        # All 2N prompts in one forward pass.
         prompts = [p.prompt_a for p in body.pairs] + [p.prompt_b for p in body.pairs]
-        scores = await run_in_threadpool(scorer_of(request).score, prompts)
+        scores = await scores_of(request, prompts)
         n = len(body.pairs)
         return CompareBatchResponse(
             results=[compare(p.prompt_a, p.prompt_b, scores[i], scores[n + i]) for i, p in enumerate(body.pairs)]

@@ -18,11 +18,14 @@ class ScoreResponse(BaseModel):
 
 class ScoreBatchRequest(BaseModel):
     prompts: list[str]
+    # Also return `priorities`, integers for vLLM's `priority` field (lower is served earlier).
+    return_priorities: bool = False
 
 
 class ScoreBatchResponse(BaseModel):
     prompts: list[str]
     scores: list[float]
+    priorities: list[int] | None = None  # only when asked for: round(score * PREDICTOR_PRIORITY_SCALE)
 
 
 class CompareRequest(BaseModel):
@@ -51,3 +54,20 @@ class RootResponse(BaseModel):
     model_path: str
     model_name: str
     device: str
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "loading", "warming_up", "failed", "stopping"]
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Body of every error answer (4xx/5xx)."""
+
+    error: str  # short code: bad_request, unauthorized, too_large, queue_full, timeout, ...
+    message: str  # one human-readable line
+    detail: list | None = None  # validation errors (422), as FastAPI reports them

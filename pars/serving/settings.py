@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+import os
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads counted once); at least 1."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return max(1, (os.cpu_count() or 2) // 2)
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list", encoding="ascii") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 class Settings(BaseSettings):
@@ -14,3 +33,30 @@ class Settings(BaseSettings):
     model_name: str = "bert-base-uncased"
     max_length: int = Field(default=128, ge=1, le=4096)
     device: str | None = None  # None: cuda when available, else cpu
+
+    # Inference.
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16: CUDA only
+    num_threads: int | None = Field(default=None, ge=1, le=1024)  # torch intra-op threads; None: physical cores
+    warmup: bool = True  # a few forward passes before /ready turns 200
+
+    # Dynamic batching (off: one forward pass per request, as the original release).
+    batching: bool = True
+    max_batch_size: int = Field(default=64, ge=1, le=4096)  # prompts per forward pass
+    max_batch_tokens: int = Field(default=8192, ge=1)  # padded tokens per forward pass
+    # Fixed cost of one forward pass in padded-token equivalents: a batch is split into length-sorted
+    # sub-batches only where that saves more padded tokens than this per extra pass.
+    forward_overhead_tokens: int = Field(default=128, ge=0)
+    max_wait_ms: float = Field(default=2.0, ge=0, le=60_000)  # gathering window after the first queued request
+
+    # Limits.
+    max_prompts_per_request: int = Field(default=1024, ge=1)  # more: HTTP 413
+    max_prompt_chars: int = Field(default=100_000, ge=1)  # a longer prompt: HTTP 413
+    max_queue_prompts: int = Field(default=8192, ge=1)  # prompts waiting for the model; more: HTTP 429
+    request_timeout_s: float = Field(default=30.0, gt=0)  # waiting + scoring; longer: HTTP 504
+
+    # Security and scheduling.
+    api_key: SecretStr | None = None  # set: every endpoint but /health and /ready needs `Authorization: Bearer <key>`
+    priority_scale: float = Field(default=1000.0, gt=0)  # priority = round(score * priority_scale)
+
+    def threads(self) -> int:
+        return self.num_threads or physical_cores()

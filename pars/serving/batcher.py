@@ -1,0 +1,325 @@
+"""Inference for the service: one dedicated thread runs the model; a dynamic batcher feeds it.
+
+`DynamicBatcher` gathers the prompts of concurrent requests from an asyncio queue until a prompt
+count, a token budget or a short wait after the first request is reached, then scores them together:
+length-sorted, split into padding-light sub-batches, one forward pass per sub-batch on the inference
+thread. `PerRequestRunner` is the original behaviour (one forward pass per request, the prompts of
+a request padded together) behind the same interface, so one server can measure both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from pars.scoring import PromptScorer
+from pars.serving.observability import Metrics
+
+# Fixed cost of one forward pass, in padded-token equivalents: how many padded tokens splitting a
+# batch in two must save to be worth a second pass (small matrix products run less efficiently).
+FORWARD_OVERHEAD_TOKENS = 128
+
+
+log = logging.getLogger("pars.serving")
+
+
+def _log_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the batcher stopped on an error; requests will time out", exc_info=task.exception())
+
+
+class QueueFullError(Exception):
+    """The queue holds as many prompts as it may: the caller should retry later (HTTP 429)."""
+
+
+class ShuttingDownError(Exception):
+    """The service is stopping and takes no new work (HTTP 503)."""
+
+
+def plan_sub_batches(lengths: Sequence[int], max_size: int, max_tokens: int,
+                     overhead: int = FORWARD_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
+    """Split prompts sorted by ascending length into contiguous sub-batches [start, end) that
+    minimise padded tokens + `overhead` per forward pass, each of at most `max_size` prompts and
+    `max_tokens` padded tokens (a single prompt always fits). Exact, by dynamic programming."""
+    n = len(lengths)
+    best = [0.0] + [float("inf")] * n
+    cut = [0] * (n + 1)
+    for end in range(1, n + 1):
+        longest = lengths[end - 1]
+        for start in range(end - 1, max(-1, end - 1 - max_size), -1):
+            size = end - start
+            padded = size * longest
+            if size > 1 and padded > max_tokens:
+                break
+            cost = best[start] + padded + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    spans, end = [], n
+    while end > 0:
+        spans.append((cut[end], end))
+        end = cut[end]
+    return spans[::-1]
+
+
+class InferenceEngine:
+    """The model on one dedicated thread; everything that touches it runs there, one call at a time."""
+
+    def __init__(self, scorer: PromptScorer, metrics: Metrics, max_batch_size: int, max_batch_tokens: int,
+                 dtype: torch.dtype = torch.float32, overhead_tokens: int = FORWARD_OVERHEAD_TOKENS) -> None:
+        self.scorer = scorer
+        self.overhead_tokens = overhead_tokens
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.dtype = dtype
+        pad = scorer.tokenizer.pad_token_id
+        self.pad_id = 0 if pad is None else int(pad)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-inference")
+
+    async def run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids per prompt, truncated at max_length, unpadded (as PromptScorer.tokenize would)."""
+        return self.scorer.tokenizer(list(prompts), truncation=True, max_length=self.scorer.max_length)["input_ids"]
+
+    def _forward_padded(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        longest = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+            attention_mask[row, : len(x)] = 1
+        device = self.scorer.device
+        started = time.perf_counter()
+        with torch.inference_mode():
+            scores = self.scorer.model.score(input_ids.to(device), attention_mask.to(device)).float().cpu().tolist()
+        self.metrics.observe_forward(len(ids), len(ids) * longest, sum(len(x) for x in ids),
+                                     time.perf_counter() - started)
+        return scores
+
+    def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        """Length-sorted, padding-light sub-batches; scores in input order. Inference thread only."""
+        if not ids:
+            return []
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        lengths = [len(ids[i]) for i in order]
+        scores = [0.0] * len(ids)
+        for start, end in plan_sub_batches(lengths, self.max_batch_size, self.max_batch_tokens,
+                                             self.overhead_tokens):
+            idx = order[start:end]
+            for i, s in zip(idx, self._forward_padded([ids[i] for i in idx]), strict=True):
+                scores[i] = s
+        return scores
+
+    def score_as_one_batch(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        """All prompts padded together in one forward pass (the original per-request behaviour)."""
+        return self._forward_padded(ids) if ids else []
+
+    def warm_up(self, rounds: int = 2) -> None:
+        """A few passes of typical shapes, so the first real requests do not pay for lazy set-up."""
+        long = max(1, min(self.scorer.max_length, 128))
+        shapes = {(1, 16), (1, long), (min(8, self.max_batch_size), 64),
+                  (max(1, min(self.max_batch_size, self.max_batch_tokens // long)), long)}
+        for _ in range(rounds):
+            for n, length in sorted(shapes):
+                self._forward_padded([[self.pad_id + 1] * min(length, self.scorer.max_length)] * n)
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+@dataclass
+class _Item:
+    ids: list[list[int]]
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(x) for x in self.ids)
+
+
+class _Admission:
+    """Counts prompts waiting for the model, for the bounded queue (429) and the depth gauge."""
+
+    def __init__(self, limit: int, metrics: Metrics) -> None:
+        self.limit = limit
+        self.metrics = metrics
+        self.waiting = 0
+        self.accepting = True
+
+    def admit(self, n: int) -> None:
+        if not self.accepting:
+            raise ShuttingDownError("the service is shutting down")
+        if self.waiting + n > self.limit and self.waiting > 0:
+            raise QueueFullError(f"queue full ({self.waiting} prompts waiting, limit {self.limit}); retry later")
+        self.waiting += n
+        self.metrics.queue_depth.set(self.waiting)
+
+    def release(self, n: int) -> None:
+        self.waiting -= n
+        self.metrics.queue_depth.set(self.waiting)
+
+
+class DynamicBatcher:
+    """Gathers concurrent requests into shared forward passes; `score` is the only entry point."""
+
+    def __init__(self, engine: InferenceEngine, metrics: Metrics, max_batch_size: int, max_batch_tokens: int,
+                 max_wait_s: float, max_queue_prompts: int) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.admission = _Admission(max_queue_prompts, metrics)
+        self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
+        self._carry: _Item | None = None
+        self._worker: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._worker = asyncio.get_running_loop().create_task(self._run(), name="pars-batcher")
+        self._worker.add_done_callback(_log_crash)
+
+    async def score(self, ids: list[list[int]]) -> list[float]:
+        if not ids:
+            return []
+        self.admission.admit(len(ids))
+        item = _Item(ids, asyncio.get_running_loop().create_future())
+        self._queue.put_nowait(item)
+        return await item.future
+
+    async def close(self) -> None:
+        """Stop taking work, finish everything already queued, then stop the worker."""
+        self.admission.accepting = False
+        if self._worker is not None:
+            self._queue.put_nowait(None)
+            await self._worker
+
+    async def _next(self, timeout: float | None) -> _Item | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if timeout is None:
+            return await self._queue.get()
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+        if timeout <= 0:
+            raise asyncio.TimeoutError
+        return await asyncio.wait_for(self._queue.get(), timeout)
+
+    async def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        """Items for one round, and whether the stop sentinel was met."""
+        loop = asyncio.get_running_loop()
+        items, prompts, tokens = [first], len(first.ids), first.tokens
+        deadline = loop.time() + self.max_wait_s
+        while prompts < self.max_batch_size and tokens < self.max_batch_tokens:
+            try:
+                item = await self._next(deadline - loop.time())
+            except asyncio.TimeoutError:
+                break
+            if item is None:
+                return items, True
+            if item.future.done():  # its request timed out or went away while waiting
+                self.admission.release(len(item.ids))
+                continue
+            if prompts + len(item.ids) > self.max_batch_size or tokens + item.tokens > self.max_batch_tokens:
+                self._carry = item  # first in the next round
+                break
+            items.append(item)
+            prompts += len(item.ids)
+            tokens += item.tokens
+        return items, False
+
+    async def _run(self) -> None:
+        # close() queues the sentinel after every admitted item, so reaching it means all is done.
+        while True:
+            first = await self._next(None)
+            if first is None:
+                return
+            if first.future.done():
+                self.admission.release(len(first.ids))
+                continue
+            items, met_sentinel = await self._gather(first)
+            await self._process(items)
+            if met_sentinel:  # read only when nothing was carried over: the queue is drained
+                return
+
+    async def _process(self, items: list[_Item]) -> None:
+        now = time.perf_counter()
+        live = []
+        for item in items:
+            self.admission.release(len(item.ids))
+            if not item.future.done():
+                self.metrics.queue_wait.observe(now - item.enqueued)
+                live.append(item)
+        if not live:
+            return
+        flat = [ids for item in live for ids in item.ids]
+        try:
+            scores = await self.engine.run(self.engine.score_ids, flat)
+        except Exception as exc:  # noqa: BLE001 - handed to every waiting request
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        offset = 0
+        for item in live:
+            part = scores[offset : offset + len(item.ids)]
+            offset += len(item.ids)
+            if not item.future.done():
+                item.future.set_result(part)
+
+
+class PerRequestRunner:
+    """One forward pass per request on the inference thread (no batching across requests)."""
+
+    def __init__(self, engine: InferenceEngine, metrics: Metrics, max_queue_prompts: int) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.admission = _Admission(max_queue_prompts, metrics)
+        self._inflight: set[asyncio.Future] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    async def score(self, ids: list[list[int]]) -> list[float]:
+        if not ids:
+            return []
+        self.admission.admit(len(ids))
+        enqueued = time.perf_counter()
+        abandoned = threading.Event()
+
+        def job() -> list[float]:
+            self.admission_release_threadsafe(len(ids))
+            if abandoned.is_set():  # the request timed out while waiting for the thread
+                return []
+            self.metrics.queue_wait.observe(time.perf_counter() - enqueued)
+            return self.engine.score_as_one_batch(ids)
+
+        future = asyncio.ensure_future(self.engine.run(job))
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            abandoned.set()
+            raise
+
+    def admission_release_threadsafe(self, n: int) -> None:
+        self._loop.call_soon_threadsafe(self.admission.release, n)
+
+    async def close(self) -> None:
+        self.admission.accepting = False
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
