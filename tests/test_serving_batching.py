@@ -8,12 +8,9 @@ window (PREDICTOR_MAX_WAIT_MS) holds the first request in the queue.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from serving_helpers import start_server, wait_ready
 from transformers import AutoTokenizer
 
 from pars.model import PairwiseRanker, load_ranker, save_checkpoint
@@ -28,7 +26,6 @@ from pars.scoring import PromptScorer
 from pars.serving.batcher import InferenceEngine, plan_sub_batches
 from pars.serving.observability import Metrics
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
     "write a long detailed essay about the history of rome",
     "yes",
@@ -38,37 +35,6 @@ PROMPTS = [
     "no",
     "summarize the history",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "scripts.serve_predictor_score:app", "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=ROOT / "predictor_serving", env={**os.environ, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited early:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/ready", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("server did not become ready")
 
 
 def stop(proc: subprocess.Popen) -> None:
