@@ -50,7 +50,7 @@ echo "== 4/4 serve on 127.0.0.1:${PORT} and score one prompt"
 SERVER=$!
 trap 'kill ${SERVER} 2>/dev/null || true; wait ${SERVER} 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
-  curl -s -o /dev/null "http://127.0.0.1:${PORT}/" && break
+  curl -sf -o /dev/null "http://127.0.0.1:${PORT}/ready" && break  # 503 until loaded and warmed up
   kill -0 "${SERVER}" 2>/dev/null || { echo "error: the server did not start" >&2; exit 1; }
   sleep 0.5
 done
