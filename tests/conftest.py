@@ -71,3 +71,26 @@ def tiny_data(tmp_path_factory) -> Path:
     for name, data in files.items():
         (out / name).write_text(json.dumps(data), encoding="utf-8")
     return out
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
+    """A ranker checkpoint (tiny encoder, seeded fc) for the serving tests."""
+    from pars.model import PairwiseRanker, save_checkpoint
+
+    torch.manual_seed(7)
+    path = tmp_path_factory.mktemp("ckpt") / "best_model.pt"
+    save_checkpoint(PairwiseRanker.from_pretrained(str(tiny_model_dir)), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def direct(tiny_model_dir, checkpoint):
+    """The same checkpoint scored in-process: what the service's answers must equal."""
+    from transformers import AutoTokenizer
+
+    from pars.model import load_ranker
+    from pars.scoring import PromptScorer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    return PromptScorer(load_ranker(str(tiny_model_dir), checkpoint), tokenizer, max_length=128, device="cpu")

@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 import torch
 from serving_helpers import start_server, wait_ready
-from transformers import AutoTokenizer
-
-from pars.model import PairwiseRanker, load_ranker, save_checkpoint
-from pars.scoring import PromptScorer
 
 PROMPTS = ["write a long detailed essay about the history of rome", "yes", "give me python code for a proof"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
-    torch.manual_seed(7)
-    path = tmp_path_factory.mktemp("ckpt") / "best_model.pt"
-    save_checkpoint(PairwiseRanker.from_pretrained(str(tiny_model_dir)), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def direct(tiny_model_dir, checkpoint) -> PromptScorer:
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    return PromptScorer(load_ranker(str(tiny_model_dir), checkpoint), tokenizer, max_length=128, device="cpu")
 
 
 @pytest.fixture(scope="module")
