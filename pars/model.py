@@ -122,13 +122,18 @@ def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = Non
     return model
 
 
-def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
-    """A plain state_dict, written to a temporary file and renamed, so a crash mid-write never
-    leaves a corrupt checkpoint in place."""
+def save_atomic(obj: object, path: str | os.PathLike[str]) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a crash mid-write never leaves a
+    corrupt file in place (the rename is atomic on POSIX file systems)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        torch.save(model.state_dict(), tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> None:
+    """A plain state_dict (the original release's checkpoint format), written atomically."""
+    save_atomic(model.state_dict(), path)

@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
@@ -71,45 +72,24 @@ class ListDataset(Dataset):
 
 
 class PairCollator:
-    """Tokenizes a batch of pairs; A and B are each padded to their own longest prompt (at most
-    max_length), which gives the same scores as padding to max_length with far less compute."""
+    """The original release's collate (`--batching original`): tokenizes a batch of pairs as it is drawn,
+    A and B each padded to `max_length` tokens whatever the prompts' lengths, scored in two passes."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
+        enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
-    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
         ids_a, mask_a = self._encode([p["prompt_A"] for p in batch])
         ids_b, mask_b = self._encode([p["prompt_B"] for p in batch])
-        return {
-            "input_ids_A": ids_a,
-            "attention_mask_A": mask_a,
-            "input_ids_B": ids_b,
-            "attention_mask_B": mask_b,
-            "labels": torch.tensor([float(p["label"]) for p in batch], dtype=torch.float32),
-        }
-
-
-class RowCollator:
-    """For in-batch pairing: tokenizes a batch of rows (prompt, answer_length), padded to its longest."""
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-
-    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer([r["prompt"] for r in batch], padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
-        return {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-            "lengths": torch.tensor([float(r["answer_length"]) for r in batch], dtype=torch.float32),
-        }
+        return {"input_ids": [ids_a, ids_b], "attention_mask": [mask_a, mask_b],
+                "restore": torch.arange(2 * len(batch)),
+                "labels": torch.tensor([float(p["label"]) for p in batch], dtype=torch.float32)}
 
 
 def in_batch_pairs(lengths: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,3 +104,153 @@ def in_batch_pairs(lengths: torch.Tensor, threshold: float) -> tuple[torch.Tenso
     diff = torch.where(longest > 0, (la - lb).abs() / longest.clamp(min=1e-12), torch.zeros_like(la))
     keep = diff >= threshold
     return i[keep], j[keep], torch.where(la[keep] > lb[keep], 1.0, -1.0)
+
+
+# ---- fast batching (`--batching fast`): every distinct prompt tokenized once, batches padded to their own
+# longest prompt. Pairs and rows are held as integer indices into one token table, so memory grows with
+# the number of distinct prompts' tokens, not with the number of pairs.
+
+# A split of a batch into two length-sorted forward passes must save at least this many padded tokens:
+# below that, the fixed cost of the extra pass (kernel launches, the pooler, Python) outweighs it.
+SPLIT_MIN_SAVED_TOKENS = 64
+
+
+class TokenTable:
+    """Token ids of distinct prompts, stored once as one flat int32 array with offsets."""
+
+    def __init__(self, ids: np.ndarray, offsets: np.ndarray, pad_id: int, pad_left: bool = False) -> None:
+        self.ids, self.offsets, self.pad_id, self.pad_left = ids, offsets, pad_id, pad_left
+        self.lengths = np.diff(offsets).astype(np.int64)
+
+    @classmethod
+    def build(cls, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int,
+              chunk: int = 2048, progress: bool = True) -> TokenTable:
+        """Tokenize (with special tokens, truncated at max_length) exactly as the original collate does,
+        only once per prompt."""
+        from tqdm.auto import tqdm
+
+        pieces: list[np.ndarray] = []
+        lengths: list[int] = []
+        for start in tqdm(range(0, len(prompts), chunk), desc="Tokenizing", unit="chunk", disable=not progress):
+            enc = tokenizer(list(prompts[start : start + chunk]), truncation=True, max_length=max_length)
+            for ids in enc["input_ids"]:
+                pieces.append(np.asarray(ids, dtype=np.int32))
+                lengths.append(len(ids))
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        return cls(ids, offsets, pad_id, pad_left=tokenizer.padding_side == "left")
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def pad(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input_ids, attention_mask) of these prompts, padded to the longest of them."""
+        width = int(self.lengths[indices].max()) if len(indices) else 0
+        ids = np.full((len(indices), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(indices), width), dtype=np.int64)
+        for row, k in enumerate(indices):
+            seq = self.ids[self.offsets[k] : self.offsets[k + 1]]
+            cols = slice(width - len(seq), width) if self.pad_left else slice(0, len(seq))
+            ids[row, cols] = seq
+            mask[row, cols] = 1
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def index_prompts(prompts: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """(distinct prompts, index of each input prompt among them)."""
+    position: dict[str, int] = {}
+    idx = np.fromiter((position.setdefault(p, len(position)) for p in prompts), dtype=np.int32, count=len(prompts))
+    return list(position), idx
+
+
+class PairIndex:
+    """Pairs as (prompt index A, prompt index B, label) arrays over one TokenTable."""
+
+    def __init__(self, pairs: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 progress: bool = True) -> None:
+        distinct, idx = index_prompts([p[k] for p in pairs for k in ("prompt_A", "prompt_B")])
+        self.table = TokenTable.build(tokenizer, distinct, max_length, progress=progress)
+        self.a, self.b = idx[0::2].copy(), idx[1::2].copy()
+        self.labels = np.fromiter((p["label"] for p in pairs), dtype=np.float32, count=len(pairs))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def group_lengths(self) -> np.ndarray:
+        """Sort key of each pair for length-grouped batching: its longer prompt's tokens, then its shorter's.
+        (On the ShareGPT pairs this pads 1.07 tokens per real token against 1.35 for ungrouped batches.)"""
+        la, lb = self.table.lengths[self.a], self.table.lengths[self.b]
+        return np.maximum(la, lb) * (int(self.table.lengths.max(initial=0)) + 1) + np.minimum(la, lb)
+
+
+class RowIndex:
+    """Rows of train_data.json (for in-batch pairing) as prompt indices and answer lengths."""
+
+    def __init__(self, rows: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                 progress: bool = True) -> None:
+        distinct, self.prompt = index_prompts([r["prompt"] for r in rows])
+        self.table = TokenTable.build(tokenizer, distinct, max_length, progress=progress)
+        self.answer_lengths = np.fromiter((r["answer_length"] for r in rows), dtype=np.float32, count=len(rows))
+
+    def __len__(self) -> int:
+        return len(self.answer_lengths)
+
+    def group_lengths(self) -> np.ndarray:
+        return self.table.lengths[self.prompt]
+
+
+def split_sorted(lengths: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sort a batch's prompts by token length and cut it into at most two forward passes where that saves
+    SPLIT_MIN_SAVED_TOKENS padded tokens. Returns (position of each prompt in the concatenated passes,
+    the prompt positions of each pass)."""
+    order = np.argsort(lengths, kind="stable")
+    ordered = lengths[order]
+    m = len(order)
+    whole = m * int(ordered[-1]) if m else 0
+    best_cut, best_cost = m, whole
+    for cut in range(1, m):
+        cost = cut * int(ordered[cut - 1]) + (m - cut) * int(ordered[-1])
+        if cost < best_cost:
+            best_cut, best_cost = cut, cost
+    passes = [order] if whole - best_cost < SPLIT_MIN_SAVED_TOKENS else [order[:best_cut], order[best_cut:]]
+    restore = np.empty(m, dtype=np.int64)
+    restore[order] = np.arange(m)
+    return restore, passes
+
+
+def padded_batch(table: TokenTable, prompt_idx: np.ndarray) -> dict[str, Any]:
+    """Forward passes for these prompts (length-sorted, each padded to its own longest) and `restore`,
+    which maps the concatenated scores back to the order of `prompt_idx`."""
+    restore, passes = split_sorted(table.lengths[prompt_idx])
+    input_ids, attention_mask = zip(*(table.pad(prompt_idx[p]) for p in passes), strict=True)
+    return {"input_ids": list(input_ids), "attention_mask": list(attention_mask),
+            "restore": torch.from_numpy(restore)}
+
+
+class FastPairCollator:
+    """Collate of pair indices: the A and B prompts of the batch as one set of 2n prompts (A first), so the
+    shorter prompt of a pair is never padded to its partner's length."""
+
+    def __init__(self, index: PairIndex) -> None:
+        self.index = index
+
+    def __call__(self, batch: list[int]) -> dict[str, Any]:
+        sel = np.asarray(batch, dtype=np.int64)
+        out = padded_batch(self.index.table, np.concatenate([self.index.a[sel], self.index.b[sel]]))
+        out["labels"] = torch.from_numpy(self.index.labels[sel])
+        return out
+
+
+class FastRowCollator:
+    """Collate of row indices for in-batch pairing: the rows' prompts and answer lengths."""
+
+    def __init__(self, index: RowIndex) -> None:
+        self.index = index
+
+    def __call__(self, batch: list[int]) -> dict[str, Any]:
+        sel = np.asarray(batch, dtype=np.int64)
+        out = padded_batch(self.index.table, self.index.prompt[sel])
+        out["lengths"] = torch.from_numpy(self.index.answer_lengths[sel])
+        return out

@@ -1,15 +1,20 @@
 """Stage 2: train the pairwise ranker (predictor_train/scripts/train_pairwise_bert.py).
 
-Same model, loss, optimizer, schedule, clipping, AMP and outputs as the original release;
-read top to bottom: arguments, data, model, optimizer, loop, outputs.
+Same model, loss, optimizer, schedule, clipping, AMP, checkpoint selection and outputs as the original
+release; read top to bottom: arguments, data, model, optimizer, loop, outputs. The same code runs on one
+process or under torchrun (DistributedDataParallel): `--batch-size` is the global batch of one optimizer
+step, split across ranks, so a run means the same on any number of processes.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
+import os
 import random
+import resource
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,20 +23,25 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from pars import distributed as dist
+from pars.batches import EpochBatches, FixedBatches
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import write_json_atomic
 from pars.metrics import kendall_tau, pairwise_accuracy
 from pars.model import PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
 from pars.pairdata import (
+    FastPairCollator,
+    FastRowCollator,
     ListDataset,
     PairCollator,
-    RowCollator,
+    PairIndex,
+    RowIndex,
     in_batch_pairs,
     load_pairs,
     load_rows,
@@ -39,7 +49,8 @@ from pars.pairdata import (
 )
 from pars.pairs import check_threshold
 from pars.plots import plot_training_curves
-from pars.scoring import PromptScorer, resolve_device
+from pars.scoring import PromptScorer
+from pars.trainstate import STATE_FILE, capture_rng, check_signature, load_state, restore_rng, save_state
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train a BERT-family pairwise ranker on pair files from data_preprocess/: "
             "score = Linear(pooler output), MarginRankingLoss on (score_A, score_B, 2*label-1). "
-            "Writes best_model.pt (best val accuracy), last_model.pt and metrics.json."
+            "Writes best_model.pt (best val accuracy), last_model.pt and metrics.json. "
+            "Runs as is under `torchrun --nproc_per_node=N` (DistributedDataParallel)."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -59,13 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Encoder: hub id, local directory, or '{OFFLINE_ENCODER}' for the offline all-MiniLM-L6-v2.",
     )
     p.add_argument("--max-length", type=int, default=128, help="Tokens per prompt (longer ones are truncated).")
-    p.add_argument("--batch-size", type=int, default=128, help="Pairs per step.")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="Pairs per optimizer step (rows with --pairing in-batch), over all ranks together.")
     p.add_argument("--num-epochs", type=int, default=3, help="Passes over the train pairs.")
     p.add_argument("--learning-rate", type=float, default=2e-5, help="AdamW peak learning rate.")
     p.add_argument("--margin", type=float, default=1.0, help="MarginRankingLoss margin.")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="Share of steps with linear warm-up.")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers.")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (per rank).")
     p.add_argument("--seed", type=int, default=42, help="Seed of shuffling, subsampling and init.")
     p.add_argument("--resume-from", default=None, help="Start from this checkpoint's weights (a state_dict).")
     # Beyond the original: bounds for a time budget, device choice, ranking metrics.
@@ -75,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Wall-clock budget: stop training once this much time has passed (then validate and save).")
     p.add_argument("--max-train-samples", type=int, default=None, help="Use a seeded random subset of train pairs.")
     p.add_argument("--max-eval-samples", type=int, default=None, help="Use a seeded random subset of val pairs.")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (under torchrun each rank takes the GPU of its LOCAL_RANK).")
     p.add_argument(
         "--val-data-file", default=None,
         help="val_data.json for Kendall's tau per epoch; by default the one beside --val-file, if any.",
@@ -90,13 +104,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--similarity-threshold", type=float, default=0.2,
                    help="--pairing in-batch: minimum relative length difference of a pair.")
     p.add_argument(
-        "--group-by-length", action="store_true",
-        help="Batch items of similar token length together (shuffled in mega-batches, as transformers' "
-             "LengthGroupedSampler): far less padding on CPU.",
+        "--batching", choices=("fast", "original"), default="fast",
+        help="fast: tokenize each distinct prompt once up front, pad each batch to its own longest prompt "
+             "(A and B prompts together, length-sorted into at most two forward passes). original: the "
+             "original release's exact behaviour for --pairing pairs: tokenize each batch as it is drawn, pad "
+             "every prompt to --max-length, plain shuffled batches. Same scores and loss either way.",
+    )
+    p.add_argument(
+        "--group-by-length", action=argparse.BooleanOptionalAction, default=None,
+        help="Batch items of similar token length together (sorted within windows of 50 batches, batches "
+             "shuffled, seeded): far less padding. Default: on for --pairing pairs with --batching fast, "
+             "off otherwise (for in-batch it changes which rows meet, so it stays opt-in).",
     )
     p.add_argument("--select-by", choices=("val_accuracy", "val_kendall_tau"), default="val_accuracy",
                    help="Metric that picks best_model.pt.")
+    p.add_argument("--save-state", action="store_true",
+                   help=f"Write the full training state ({STATE_FILE}: model, optimizer, scheduler, RNG, position) "
+                        "to --output-dir at the end of every epoch, atomically, for --resume-state.")
+    p.add_argument("--save-every-steps", type=int, default=None,
+                   help=f"Also write {STATE_FILE} every N optimizer steps (implies --save-state).")
+    p.add_argument("--resume-state", default=None,
+                   help=f"Continue an interrupted run from this {STATE_FILE} (same arguments) to the same result; "
+                        f"'auto': --output-dir/{STATE_FILE} when it exists, else start afresh.")
+    # For tests of the resume path: the process SIGKILLs itself after this optimizer step, mid-epoch.
+    p.add_argument("--debug-kill-after-step", type=int, default=None, help=argparse.SUPPRESS)
     return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "num_epochs", "max_length"):
+        if getattr(args, name) < 1:
+            raise PARSError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.save_every_steps is not None:
+        if args.save_every_steps < 1:
+            raise PARSError("--save-every-steps must be >= 1")
+        args.save_state = True
+    if args.batching == "original":
+        if args.pairing != "pairs":
+            raise PARSError("--batching original reproduces the original release, which has only --pairing pairs")
+        if args.group_by_length:
+            raise PARSError("--batching original uses plain shuffled batches; drop --group-by-length")
+    if args.group_by_length is None:
+        args.group_by_length = args.pairing == "pairs" and args.batching == "fast"
 
 
 def set_seed(seed: int) -> None:
@@ -106,18 +155,37 @@ def set_seed(seed: int) -> None:
     torch.cuda.manual_seed_all(seed)
 
 
-def validate(scorer: PromptScorer, val_pairs, val_rows, batch_size: int, criterion) -> dict[str, float]:
+class PassScorer(nn.Module):
+    """Scores of several padded forward passes, concatenated: one module call per step, as DDP needs
+    (its gradient hooks expect one forward per backward)."""
+
+    def __init__(self, ranker: PairwiseRanker) -> None:
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(self, input_ids: list[torch.Tensor], attention_mask: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.ranker.score(i, m) for i, m in zip(input_ids, attention_mask, strict=True)])
+
+
+def validate(scorer: PromptScorer, val_pairs, val_rows, batch_size: int, criterion,
+             info: dist.DistInfo | None = None) -> dict[str, float]:
     """val_loss and val_accuracy over the val pairs (as the original counts them: mean of per-batch losses,
     score_A > score_B against label), and Kendall's tau over the val rows when given.
 
     Each distinct prompt is scored once, in length-sorted batches: val pairs reuse every val prompt ~20
-    times, so this is the same numbers as encoding pair by pair at a fraction of the cost."""
+    times, so this is the same numbers as encoding pair by pair at a fraction of the cost. Under torchrun
+    each rank scores every W-th prompt and the scores are gathered, so every rank computes the same metrics
+    over all val pairs, exactly as one process would."""
+    info = info or dist.DistInfo()
     scorer.model.eval()
     prompts = {p[k] for p in val_pairs for k in ("prompt_A", "prompt_B")}
     if val_rows is not None:
         prompts.update(r["prompt"] for r in val_rows)
     prompts = sorted(prompts)
-    table = dict(zip(prompts, scorer.score_many(prompts, batch_size=64, progress=True), strict=True))
+    mine = prompts[info.rank :: info.world_size]
+    shards = dist.gather_objects(scorer.score_many(mine, batch_size=64, progress=info.is_main))
+    table = {p: s for r, shard in enumerate(shards) for p, s in zip(prompts[r :: info.world_size], shard,
+                                                                       strict=True)}
     score_a = torch.tensor([table[p["prompt_A"]] for p in val_pairs])
     score_b = torch.tensor([table[p["prompt_B"]] for p in val_pairs])
     labels = torch.tensor([float(p["label"]) for p in val_pairs])
@@ -138,35 +206,34 @@ def find_beside(explicit: str | None, pair_file: str, name: str) -> Path | None:
     return beside if beside.is_file() else None
 
 
-def token_lengths(tokenizer, items, max_length: int) -> list[int]:
-    """Tokens per item (a pair counts both prompts), for length-grouped batching."""
-    def count(texts: list[str]) -> list[int]:
-        return [len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]]
-
-    if "prompt" in items[0]:
-        return count([r["prompt"] for r in items])
-    return [a + b for a, b in zip(count([p["prompt_A"] for p in items]), count([p["prompt_B"] for p in items]),
-                                  strict=True)]
+def pair_loss(scores: torch.Tensor, batch: dict[str, Any], criterion, weight: float):
+    """Loss of the step's pairs: scores hold the A prompts, then the B prompts. `weight` = this rank's share
+    of the global batch times the world size (1.0 on one process), so that DDP's average of the ranks'
+    gradients is exactly the gradient of the global batch's mean loss even when shards differ in size."""
+    n = len(batch["labels"])
+    return criterion(scores[:n].float(), scores[n:].float(), 2 * batch["labels"] - 1) * weight
 
 
-def pair_scores(model, batch, pairing: str, threshold: float):
-    """(score_A, score_B, target) of the step's pairs, target +1 where A is longer."""
-    if pairing == "pairs":
-        labels = batch.pop("labels")
-        score_a, score_b = model(**batch)
-        return score_a, score_b, 2 * labels - 1
-    scores = model.score(batch["input_ids"], batch["attention_mask"])
-    i, j, target = in_batch_pairs(batch["lengths"], threshold)
-    return scores[i], scores[j], target
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("batch_size", "num_epochs", "max_length"):
-        if getattr(args, name) < 1:
-            raise PARSError(f"--{name.replace('_', '-')} must be >= 1")
+    check_args(args)
+    info, device = dist.setup(args.device)
+    try:
+        return train(args, info, device)
+    finally:
+        dist.cleanup()
+
+
+def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -> int:
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
+    say = print if info.is_main else (lambda *a, **k: None)
 
     # ---- data ----
     if args.pairing == "pairs":
@@ -178,74 +245,138 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise PARSError("--pairing in-batch needs --train-data-file (or train_data.json beside --train-file)")
         train_items = load_rows(train_data_path, "train data file")
     train_items = subsample(train_items, args.max_train_samples, args.seed)
+    n_train = len(train_items)
+    if n_train < info.world_size:
+        raise PARSError(f"{n_train} train items cannot be split over {info.world_size} ranks")
     val_pairs = subsample(load_pairs(args.val_file, "val file"), args.max_eval_samples, args.seed)
     val_data_path = find_beside(args.val_data_file, args.val_file, "val_data.json")
     val_rows = load_rows(val_data_path, "val data file") if val_data_path else None
     if args.select_by == "val_kendall_tau" and val_rows is None:
         raise PARSError("--select-by val_kendall_tau needs --val-data-file (or val_data.json beside --val-file)")
 
-    device = resolve_device(args.device)
     use_amp = device.type == "cuda"
     tokenizer = load_tokenizer(args.model_name)
-    if args.pairing == "pairs":
-        train_collate = PairCollator(tokenizer, args.max_length)
-    else:
-        train_collate = RowCollator(tokenizer, args.max_length)
-    generator = torch.Generator().manual_seed(args.seed)
-    sampler = None
-    if args.group_by_length:
-        sampler = LengthGroupedSampler(args.batch_size, lengths=token_lengths(tokenizer, train_items, args.max_length),
-                                       generator=generator)
-    train_loader = DataLoader(ListDataset(train_items), batch_size=args.batch_size, shuffle=sampler is None,
-                              sampler=sampler, num_workers=args.num_workers, collate_fn=train_collate,
-                              generator=generator, pin_memory=use_amp,
-                              drop_last=args.pairing == "in-batch" and len(train_items) > args.batch_size)
+    lengths = None
+    if args.batching == "original":  # the pair dicts stay in memory and are tokenized batch by batch
+        dataset, collate = ListDataset(train_items), PairCollator(tokenizer, args.max_length)
+    else:  # token ids of each distinct prompt once; items become indices, the pair dicts are dropped
+        index = (PairIndex if args.pairing == "pairs" else RowIndex)(train_items, tokenizer, args.max_length,
+                                                                     progress=info.is_main)
+        dataset = ListDataset(range(n_train))
+        collate = FastPairCollator(index) if args.pairing == "pairs" else FastRowCollator(index)
+        lengths = index.group_lengths() if args.group_by_length else None
+        del train_items
+    batches = EpochBatches(n_train, args.batch_size, args.seed, lengths, drop_last=args.pairing == "in-batch",
+                           rank=info.rank, world_size=info.world_size)
+    loader_rng = torch.Generator()  # the DataLoader draws its worker seed here, never from the global RNG
+
+    def epoch_loader(epoch: int, start: int) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=FixedBatches(batches.rank_batches(epoch, start)),
+                          num_workers=args.num_workers, collate_fn=collate, pin_memory=use_amp,
+                          generator=loader_rng)
 
     # ---- model ----
     model = PairwiseRanker.from_pretrained(args.model_name)
     if args.resume_from:
         load_state_dict_into(model, read_state_dict(args.resume_from), args.resume_from)
+    state = None
+    state_path = output_dir / STATE_FILE if args.resume_state == "auto" else args.resume_state
+    if state_path is not None and (args.resume_state != "auto" or Path(state_path).is_file()):
+        state = load_state(state_path)
+        load_state_dict_into(model, state["model"], str(state_path))
     model.to(device)
     scorer = PromptScorer(model, tokenizer, max_length=args.max_length, device=device)
+    passes = PassScorer(model)
+    if info.enabled:
+        passes = DistributedDataParallel(passes, device_ids=[device.index] if device.type == "cuda" else None)
+    if info.rank:  # dropout masks differ across ranks (rank 0 keeps the single-process stream)
+        torch.manual_seed(args.seed + info.rank)
 
     # ---- optimizer and schedule ----
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     criterion = nn.MarginRankingLoss(margin=args.margin)
-    total_steps = args.num_epochs * len(train_loader)
+    steps_per_epoch = len(batches)
+    total_steps = args.num_epochs * steps_per_epoch
     if args.max_steps is not None:
         total_steps = min(total_steps, args.max_steps)
-    num_epochs = min(args.num_epochs, math.ceil(total_steps / len(train_loader)))
+    num_epochs = min(args.num_epochs, math.ceil(total_steps / steps_per_epoch))
     scheduler = get_linear_schedule_with_warmup(
         optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps), num_training_steps=total_steps
     )
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    print(f"device={device} amp={use_amp} pairing={args.pairing} train_items={len(train_items)} "
-          f"val_pairs={len(val_pairs)} "
-          f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else ""))
+    say(f"device={device} amp={use_amp} ranks={info.world_size} pairing={args.pairing} batching={args.batching} "
+        f"group_by_length={args.group_by_length} train_items={n_train} val_pairs={len(val_pairs)} "
+        f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else ""))
 
-    # ---- loop ----
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # ---- loop state (everything a resumed run needs beyond the weights) ----
+    signature = {"train_items": n_train, "batch_size": args.batch_size, "seed": args.seed, "pairing": args.pairing,
+                 "batching": args.batching, "group_by_length": args.group_by_length, "total_steps": total_steps,
+                 "world_size": info.world_size}
     best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf}
     history: list[dict[str, Any]] = []
-    step = 0
-    start = time.perf_counter()
+    # position: epoch, batches of it consumed, optimizer steps in all and at its start; running sums
+    pos = {"epoch": 0, "batch": 0, "step": 0, "epoch_start_step": 0, "running_loss": 0.0, "epoch_steps": 0}
+    counts = {"pairs": 0, "prompts": 0, "real_tokens": 0, "padded_tokens": 0, "loop_seconds": 0.0,
+              "train_seconds": 0.0}
+    if state is not None:
+        check_signature(state["signature"], signature, state_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        best, history, pos, counts = state["best"], state["history"], state["position"], state["counts"]
+        restore_rng(state["rng"][info.rank])  # last: everything above may have drawn random numbers
+        say(f"Resumed from {state_path}: epoch {pos['epoch'] + 1}, batch {pos['batch']}, step {pos['step']}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter() - counts["train_seconds"]
+
+    def write_state() -> None:
+        """Collective (every rank's RNG is gathered), so every rank calls it at the same point."""
+        rngs = dist.gather_objects(capture_rng())
+        if info.is_main:
+            save_state({"signature": signature, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best,
+                        "history": history, "position": pos,
+                        "counts": {**counts, "train_seconds": time.perf_counter() - start}, "rng": rngs},
+                       output_dir / STATE_FILE)
+        dist.barrier()
 
     def out_of_time() -> bool:
-        return args.max_train_minutes is not None and time.perf_counter() - start >= 60 * args.max_train_minutes
-    for epoch in range(num_epochs):
+        late = args.max_train_minutes is not None and time.perf_counter() - start >= 60 * args.max_train_minutes
+        return late if not info.enabled else dist.sum_across_ranks([float(late)], device)[0] > 0  # ranks agree
+
+    # ---- loop ----
+    stopped_early = False
+    while pos["epoch"] < num_epochs and not stopped_early:
+        epoch = pos["epoch"]
         model.train()
-        running_loss, epoch_steps = 0.0, 0
-        epoch_len = min(len(train_loader), total_steps - step)
-        progress = tqdm(itertools.islice(train_loader, epoch_len), desc=f"Epoch {epoch + 1}/{num_epochs}",
-                        total=epoch_len)
-        for batch in progress:
-            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        epoch_len = min(steps_per_epoch, total_steps - pos["epoch_start_step"])
+        global_sizes = [len(b) for b in batches.global_batches(epoch)][pos["batch"] : epoch_len]
+        progress = tqdm(zip(global_sizes, epoch_loader(epoch, pos["batch"]), strict=False),
+                        desc=f"Epoch {epoch + 1}/{num_epochs}", total=epoch_len, initial=pos["batch"],
+                        disable=not info.is_main)
+        tick = time.perf_counter()
+        for global_size, batch in progress:
+            pos["batch"] += 1
+            if args.pairing == "in-batch":
+                # pairs span the whole global batch: every rank forms them from all ranks' lengths
+                sizes = batches.shard_sizes(global_size)
+                all_lengths = dist.gather_with_grad(batch["lengths"].to(device), sizes)
+                i, j, target = in_batch_pairs(all_lengths, args.similarity_threshold)
+                if target.numel() == 0:  # no pair of this batch passes the threshold (same on every rank)
+                    continue
+            input_ids = [t.to(device, non_blocking=True) for t in batch["input_ids"]]
+            attention_mask = [t.to(device, non_blocking=True) for t in batch["attention_mask"]]
             optimizer.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, enabled=use_amp):
-                score_a, score_b, target = pair_scores(model, batch, args.pairing, args.similarity_threshold)
-                loss = criterion(score_a.float(), score_b.float(), target)
-            if target.numel() == 0:  # in-batch: no pair of this batch passes the threshold
-                continue
+                scores = passes(input_ids, attention_mask)[batch["restore"].to(device)]
+                if args.pairing == "pairs":
+                    batch["labels"] = batch["labels"].to(device)
+                    loss = pair_loss(scores, batch, criterion, len(batch["labels"]) * info.world_size / global_size)
+                    n_pairs = len(batch["labels"])
+                else:
+                    scores = dist.gather_with_grad(scores.float(), sizes)
+                    loss = criterion(scores[i], scores[j], target)
+                    n_pairs = target.numel() / info.world_size  # every rank holds all of them
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -253,62 +384,98 @@ def main(argv: Sequence[str] | None = None) -> int:
             scaler.update()
             scheduler.step()
 
-            running_loss += loss.item()
-            epoch_steps += 1
-            step += 1
-            progress.set_postfix(loss=f"{running_loss / epoch_steps:.4f}")
+            pos["running_loss"] += loss.item()
+            pos["epoch_steps"] += 1
+            pos["step"] += 1
+            counts["pairs"] += n_pairs
+            counts["prompts"] += sum(len(t) for t in attention_mask)
+            counts["real_tokens"] += int(sum(m.sum() for m in attention_mask))
+            counts["padded_tokens"] += sum(m.numel() for m in attention_mask)
+            progress.set_postfix(loss=f"{pos['running_loss'] / pos['epoch_steps']:.4f}")
+            if args.save_every_steps and pos["step"] % args.save_every_steps == 0:
+                counts["loop_seconds"] += time.perf_counter() - tick
+                write_state()
+                tick = time.perf_counter()
+            if args.debug_kill_after_step == pos["step"]:
+                os.kill(os.getpid(), signal.SIGKILL)
             if out_of_time():
+                stopped_early = True
                 break
+        counts["loop_seconds"] += time.perf_counter() - tick
 
-        train_loss = running_loss / max(epoch_steps, 1)
+        # the mean of the ranks' weighted step losses is the global batch's mean loss
+        loss_sum, steps_done = dist.sum_across_ranks([pos["running_loss"], pos["epoch_steps"]], device)
+        train_loss = loss_sum / max(steps_done, 1)
         record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
-                                  **validate(scorer, val_pairs, val_rows, args.batch_size, criterion),
-                                  "steps": step, "elapsed_seconds": round(time.perf_counter() - start, 1)}
+                                  **validate(scorer, val_pairs, val_rows, args.batch_size, criterion, info),
+                                  "steps": pos["step"], "elapsed_seconds": round(time.perf_counter() - start, 1)}
         model.train()
         line = f"Epoch {epoch + 1}: train_loss={train_loss:.4f}, val_loss={record['val_loss']:.4f}, " \
                f"val_accuracy={record['val_accuracy']:.4f}"
         if "val_kendall_tau" in record:
             line += f", val_kendall_tau={record['val_kendall_tau']:.4f}"
         history.append(record)
-        print(line)
+        say(line)
 
         metric = args.select_by
         if record[metric] > best[metric]:
             best = {k: record.get(k, best[k]) for k in best}
-            save_checkpoint(model, output_dir / "best_model.pt")
-        if out_of_time():
-            print(f"Stopping: --max-train-minutes {args.max_train_minutes} reached after {step} steps")
-            break
+            if info.is_main:
+                save_checkpoint(model, output_dir / "best_model.pt")
+        pos = {"epoch": epoch + 1, "batch": 0, "step": pos["step"], "epoch_start_step": pos["step"],
+               "running_loss": 0.0, "epoch_steps": 0}
+        if args.save_state:
+            write_state()
+        if stopped_early:
+            say(f"Stopping: --max-train-minutes {args.max_train_minutes} reached after {pos['step']} steps")
 
-    save_checkpoint(model, output_dir / "last_model.pt")
-
-    # ---- outputs: the original's keys first, then ours ----
-    metrics = {
-        "train_file": args.train_file,
-        "val_file": args.val_file,
-        "model_name": args.model_name,
-        "batch_size": args.batch_size,
-        "num_epochs": args.num_epochs,
-        "learning_rate": args.learning_rate,
-        "margin": args.margin,
-        "max_length": args.max_length,
-        "best_val_accuracy": best["val_accuracy"],
-        "history": history,
-        "select_by": args.select_by,
-        "best_val_kendall_tau": best["val_kendall_tau"] if val_rows is not None else None,
-        "val_data_file": str(val_data_path) if val_data_path else None,
-        "pairing": args.pairing,
-        "group_by_length": args.group_by_length,
-        "train_items": len(train_items),
-        "val_pairs": len(val_pairs),
-        "steps": step,
-        "device": str(device),
-        "train_seconds": round(time.perf_counter() - start, 1),
-        "seed": args.seed,
-    }
-    write_json_atomic(metrics, output_dir / "metrics.json")
-    curves = plot_training_curves(output_dir / "metrics.json", output_dir / "training_curves.png")
-    print(f"Saved best checkpoint to {output_dir / 'best_model.pt'}")
-    print(f"Saved last checkpoint to {output_dir / 'last_model.pt'}")
-    print(f"Saved metrics to {output_dir / 'metrics.json'} and training curves to {curves}")
+    # ---- outputs (rank 0): the original's keys first, then ours ----
+    peaks = dist.gather_objects(peak_rss_mib())
+    totals = dist.sum_across_ranks([counts[k] for k in ("pairs", "prompts", "real_tokens", "padded_tokens")], device)
+    if info.is_main:
+        save_checkpoint(model, output_dir / "last_model.pt")
+        loop_seconds = counts["loop_seconds"]
+        metrics = {
+            "train_file": args.train_file,
+            "val_file": args.val_file,
+            "model_name": args.model_name,
+            "batch_size": args.batch_size,
+            "num_epochs": args.num_epochs,
+            "learning_rate": args.learning_rate,
+            "margin": args.margin,
+            "max_length": args.max_length,
+            "best_val_accuracy": best["val_accuracy"],
+            "history": history,
+            "select_by": args.select_by,
+            "best_val_kendall_tau": best["val_kendall_tau"] if val_rows is not None else None,
+            "val_data_file": str(val_data_path) if val_data_path else None,
+            "pairing": args.pairing,
+            "batching": args.batching,
+            "group_by_length": args.group_by_length,
+            "train_items": n_train,
+            "val_pairs": len(val_pairs),
+            "steps": pos["step"],
+            "device": str(device),
+            "world_size": info.world_size,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "seed": args.seed,
+            # training loop only (no validation, no start-up), summed over ranks
+            "throughput": {
+                "loop_seconds": round(loop_seconds, 2),
+                "pairs": int(totals[0]),
+                "prompts_encoded": int(totals[1]),
+                "real_tokens": int(totals[2]),
+                "padded_tokens": int(totals[3]),
+                "pairs_per_second": round(totals[0] / loop_seconds, 3) if loop_seconds else None,
+                "prompts_per_second": round(totals[1] / loop_seconds, 3) if loop_seconds else None,
+            },
+            "peak_rss_mib": peaks,  # one per rank
+            "resumed_from_state": str(state_path) if state is not None else None,
+        }
+        write_json_atomic(metrics, output_dir / "metrics.json")
+        curves = plot_training_curves(output_dir / "metrics.json", output_dir / "training_curves.png")
+        print(f"Saved best checkpoint to {output_dir / 'best_model.pt'}")
+        print(f"Saved last checkpoint to {output_dir / 'last_model.pt'}")
+        print(f"Saved metrics to {output_dir / 'metrics.json'} and training curves to {curves}")
+    dist.barrier()
     return 0
