@@ -6,6 +6,7 @@ Attribute names (`encoder`, `fc`) and therefore checkpoint keys (`encoder.*`, `f
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -113,8 +114,51 @@ def load_state_dict_into(model: PairwiseRanker, state: dict[str, torch.Tensor], 
         ) from None
 
 
+def is_exported_dir(path: str | os.PathLike[str]) -> bool:
+    """A directory written by export_hf.py (or any sequence-classification model with one output)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    archs = config.get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in archs) and len(config.get("id2label", {0: 0})) == 1
+
+
+def load_exported(path: str | os.PathLike[str]) -> PairwiseRanker:
+    """The ranker from an exported Hugging Face directory (config.json + model.safetensors): its encoder is
+    the base model, fc its one-output classification head (logit = score), the inverse of pars.export."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = Path(path)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise PARSError(f"{path} is a directory but not an exported model (needs config.json and model.safetensors)")
+    if not is_exported_dir(path):
+        raise PARSError(f"{path}: config.json is not a sequence-classification model with one output")
+    try:
+        seq = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError) as exc:
+        raise PARSError(f"cannot load exported model {path}: {str(exc).splitlines()[0][:200]}") from None
+    base = getattr(seq, seq.base_model_prefix, None)
+    head = getattr(seq, "classifier", None)
+    if not isinstance(head, nn.Linear) or base is None or getattr(base, "pooler", None) is None:
+        raise PARSError(f"{path}: only BERT-family exports (classifier = Linear(pooler output)) load as a ranker")
+    ranker = PairwiseRanker(base)
+    ranker.fc.load_state_dict(head.state_dict())
+    return ranker
+
+
 def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = None) -> PairwiseRanker:
-    """The encoder of `model_name`, with a checkpoint's weights on top when one is given."""
+    """The encoder of `model_name`, with a checkpoint's weights on top when one is given.
+
+    `checkpoint` may also be an exported Hugging Face directory (pars.export), which holds the encoder
+    itself; so may `model_name` when no checkpoint is given."""
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        return load_exported(checkpoint)
+    if checkpoint is None and is_exported_dir(model_name):
+        return load_exported(model_name)
     state = read_state_dict(checkpoint) if checkpoint is not None else None  # fail fast on a bad file
     model = PairwiseRanker.from_pretrained(model_name)
     if state is not None:

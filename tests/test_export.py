@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from pars import export
-from pars.model import PairwiseRanker, load_ranker, save_checkpoint
+from pars.errors import PARSError
+from pars.model import PairwiseRanker, is_exported_dir, load_ranker, save_checkpoint
 from pars.scoring import PromptScorer
 
 PROMPTS = ["write a long detailed essay about rome", "yes", "give me python code for a proof please"]
@@ -29,3 +30,32 @@ def test_exported_logits_equal_checkpoint_scores(tiny_model_dir, tmp_path):
     with torch.no_grad():
         logits = model(**enc).logits.squeeze(-1).tolist()
     assert logits == pytest.approx(want, abs=1e-5)
+
+
+def test_exported_directory_loads_as_the_ranker(tiny_model_dir, tmp_path):
+    """load_ranker (what the service, the evaluator and export use) takes the exported directory as the
+    checkpoint, or as the model name, and scores exactly as the .pt checkpoint."""
+    from pars.serving.app import load_scorer
+    from pars.serving.settings import Settings
+
+    torch.manual_seed(12)
+    save_checkpoint(PairwiseRanker.from_pretrained(str(tiny_model_dir)), tmp_path / "best_model.pt")
+    export.main(["--checkpoint", str(tmp_path / "best_model.pt"), "--model-name", str(tiny_model_dir),
+                 "--output-dir", str(tmp_path / "hf")])
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    want = PromptScorer(load_ranker(str(tiny_model_dir), tmp_path / "best_model.pt"), tokenizer).score(PROMPTS)
+    as_checkpoint = PromptScorer(load_ranker(str(tiny_model_dir), tmp_path / "hf"), tokenizer).score(PROMPTS)
+    as_name = PromptScorer(load_ranker(str(tmp_path / "hf")), tokenizer).score(PROMPTS)
+    assert as_checkpoint == pytest.approx(want, abs=1e-5) and as_name == pytest.approx(want, abs=1e-5)
+    # the service's loader, pointed at the directory by PREDICTOR_MODEL_PATH / PREDICTOR_MODEL_NAME
+    served = load_scorer(Settings(model_path=str(tmp_path / "hf"), model_name=str(tmp_path / "hf"), device="cpu"))
+    assert served.score(PROMPTS) == pytest.approx(want, abs=1e-5)
+    # a plain encoder directory is not an export: it still needs a checkpoint for the head
+    assert not is_exported_dir(tiny_model_dir)
+
+
+def test_directory_without_weights_is_one_clear_error(tiny_model_dir, tmp_path):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    with pytest.raises(PARSError, match="model.safetensors"):
+        load_ranker(str(tiny_model_dir), tmp_path / "hf")
