@@ -36,6 +36,7 @@ from pars.serving.batcher import (
     QueueFullError,
     ShuttingDownError,
 )
+from pars.serving.limits import BodyLimits
 from pars.serving.observability import Metrics, RequestMetrics
 from pars.serving.schemas import (
     CompareBatchRequest,
@@ -203,6 +204,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="PARS prompt score predictor", version=__version__, lifespan=lifespan)
     app.state.status, app.state.status_message = "loading", "loading the model"
+    app.add_middleware(BodyLimits)  # innermost middleware: a body is read only once the key was checked
     app.add_middleware(BearerAuth)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 401s too
     app.add_middleware(OneLineStartupErrors)
@@ -214,7 +216,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = jsonable_encoder(exc.errors())
+        # Without the offending `input`: it may hold NaN/Infinity, which JSON cannot carry (that made a
+        # 500), and echoing a large body back helps no one.
+        errors = jsonable_encoder([{k: v for k, v in e.items() if k != "input"} for e in exc.errors()])
         first = errors[0] if errors else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         message = f"invalid request: {where}: {first.get('msg', 'invalid')}" if first else "invalid request"
@@ -224,6 +228,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, _HTTP_ERROR_CODES.get(exc.status_code, "error"), str(exc.detail),
                               headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        # Still logged with its traceback by Starlette; the client gets JSON like every other error.
+        return error_response(500, "internal_error", "internal error; see the server log")
 
     async def scores_of(request: Request, prompts: Sequence[str]) -> list[float]:
         """The limits, then tokenization (its own thread), then the runner, within the request timeout."""
@@ -235,6 +244,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if len(p) > s.max_prompt_chars:
                 raise ServiceError(413, "prompt_too_long", f"prompt {i} has {len(p)} characters; the limit is "
                                    f"{s.max_prompt_chars} (PREDICTOR_MAX_PROMPT_CHARS)")
+            if not p.isascii():
+                try:  # JSON may carry lone surrogates (\ud800), which the tokenizer cannot take (was a 500)
+                    p.encode("utf-8")
+                except UnicodeEncodeError as exc:
+                    raise ServiceError(422, "invalid_request", f"prompt {i} is not valid Unicode text (an unpaired "
+                                       f"surrogate at character {exc.start})") from None
         if not prompts:
             return []
         engine: InferenceEngine = request.app.state.engine

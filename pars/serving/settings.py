@@ -58,5 +58,9 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = None  # set: every endpoint but /health and /ready needs `Authorization: Bearer <key>`
     priority_scale: float = Field(default=1000.0, gt=0)  # priority = round(score * priority_scale)
 
+    # Request bodies (pars/serving/limits.py): read in full before any endpoint runs.
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)  # a larger body: HTTP 413, never read in full
+    body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive within this; else HTTP 408
+
     def threads(self) -> int:
         return self.num_threads or physical_cores()
