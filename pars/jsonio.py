@@ -34,13 +34,34 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
 
 
 def _temp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # The writer's pid in the name lets a later write tell a leftover of a killed writer from a live one.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     # mkstemp makes the file private (0600); give it the mode a plain open() would have.
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Remove temporaries of `path` left by writers that died mid-write (SIGKILL, power loss):
+    `.<name>.<pid>.<random>.tmp` whose pid no longer runs on this host. Nothing reads them; this only
+    keeps a directory from collecting dead partial files."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def write_json_atomic(obj: Any, path: str | os.PathLike[str], *, indent: int | None = 2) -> None:
@@ -51,7 +72,8 @@ def write_json_atomic(obj: Any, path: str | os.PathLike[str], *, indent: int | N
 def write_json_files_atomic(files: Mapping[Path, Any], *, indent: int | None = 2) -> None:
     """Write several JSON files, renaming them into place only once all are fully written.
 
-    An interruption while writing leaves no partial file behind (the temporaries are removed);
+    An interruption while writing leaves no partial file behind (the temporaries are removed; after a
+    SIGKILL, which allows no clean-up, the next successful write removes them);
     the format matches the original release (`ensure_ascii=False`, `indent=2`).
     """
     staged: list[tuple[Path, Path]] = []
@@ -66,6 +88,8 @@ def write_json_files_atomic(files: Mapping[Path, Any], *, indent: int | None = 2
                 os.fsync(f.fileno())
         for tmp, path in staged:
             os.replace(tmp, path)
+        for path in files:
+            remove_stale_temps(Path(path))
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

