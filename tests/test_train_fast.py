@@ -1,0 +1,152 @@
+"""Fast batching (prompts tokenized once, own-length padding, length grouping) against the original's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from transformers import AutoTokenizer
+
+from pars import train
+from pars.batches import EpochBatches
+from pars.errors import PARSError
+from pars.model import PairwiseRanker, read_state_dict
+from pars.pairdata import FastPairCollator, PairCollator, PairIndex, TokenTable, load_pairs, split_sorted
+
+
+def no_dropout_copy(model_dir: Path, dest: Path) -> Path:
+    """The tiny encoder with dropout off, so two training runs can be compared weight for weight."""
+    shutil.copytree(model_dir, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    (dest / "config.json").write_text(json.dumps(config))
+    return dest
+
+
+def batch_loss(model: PairwiseRanker, batch: dict, criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        scores = train.PassScorer(model)(batch["input_ids"], batch["attention_mask"])[batch["restore"]]
+    return train.pair_loss(scores, batch, criterion, 1.0), scores
+
+
+def test_fast_and_original_batches_give_the_same_loss(tiny_model_dir, tiny_data):
+    pairs = load_pairs(tiny_data / "train_pairs_length_diff_0.2.json")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    torch.manual_seed(5)
+    model = PairwiseRanker.from_pretrained(str(tiny_model_dir)).eval()
+    criterion = nn.MarginRankingLoss(margin=1.0)
+    index = PairIndex(pairs, tokenizer, max_length=128, progress=False)
+    sel = [3, 17, 0, 42, 99, 7, 150, 64]
+    original = PairCollator(tokenizer, 128)([pairs[i] for i in sel])
+    fast = FastPairCollator(index)(sel)
+    assert all(ids.shape[1] == 128 for ids in original["input_ids"])  # the original pads to --max-length
+    assert sum(m.numel() for m in fast["attention_mask"]) < 0.3 * sum(m.numel() for m in original["attention_mask"])
+    assert sum(m.sum() for m in fast["attention_mask"]) == sum(m.sum() for m in original["attention_mask"])
+    loss_original, scores_original = batch_loss(model, original, criterion)
+    loss_fast, scores_fast = batch_loss(model, fast, criterion)
+    assert torch.allclose(scores_fast, scores_original, atol=1e-5)
+    assert abs(loss_fast.item() - loss_original.item()) < 1e-5
+    # and those are the pair-by-pair scores of the plain forward pass
+    enc = tokenizer([pairs[3]["prompt_A"]], return_tensors="pt")
+    with torch.no_grad():
+        assert model.score(enc["input_ids"], enc["attention_mask"]).item() == pytest.approx(
+            scores_fast[0].item(), abs=1e-5)
+
+
+def test_token_table_stores_each_distinct_prompt_once(tiny_model_dir, tiny_data):
+    pairs = load_pairs(tiny_data / "train_pairs_length_diff_0.2.json")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    index = PairIndex(pairs * 10, tokenizer, max_length=128, progress=False)  # 10x the pairs, same prompts
+    distinct = {p[k] for p in pairs for k in ("prompt_A", "prompt_B")}
+    assert len(index.table) == len(distinct) and len(index) == 10 * len(pairs)
+    assert index.table.ids.nbytes == 4 * sum(len(tokenizer(p)["input_ids"]) for p in distinct)
+    ids, mask = index.table.pad(np.array([0, 1]))
+    want = tokenizer([index_prompt(index, pairs, 0), index_prompt(index, pairs, 1)], padding=True,
+                     return_tensors="pt")
+    assert torch.equal(ids, want["input_ids"]) and torch.equal(mask, want["attention_mask"])
+    left = TokenTable(index.table.ids, index.table.offsets, 0, pad_left=True)
+    ids, mask = left.pad(np.array([0, 1]))
+    assert (mask[:, -1] == 1).all()
+
+
+def index_prompt(index: PairIndex, pairs: list[dict], k: int) -> str:
+    """The text of table entry k (entries are numbered in order of first appearance, A before B)."""
+    seen: list[str] = []
+    for p in pairs:
+        for key in ("prompt_A", "prompt_B"):
+            if p[key] not in seen:
+                seen.append(p[key])
+    return seen[k]
+
+
+def test_split_sorted_restores_order_and_cuts_padding():
+    lengths = np.array([120, 5, 6, 118, 7, 5, 119, 6])
+    restore, passes = split_sorted(lengths)
+    assert len(passes) == 2
+    order = np.concatenate(passes)
+    assert sorted(order.tolist()) == list(range(8)) and (order[restore] == np.arange(8)).all()
+    assert max(lengths[passes[0]]) <= 7
+    restore, passes = split_sorted(np.array([10, 11, 12]))  # too little to save: one pass
+    assert len(passes) == 1
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("world", [1, 3])
+def test_epoch_batches_yield_every_item_once(grouped, world):
+    n, size = 1009, 16  # 1009 = 63 * 16 + 1: a last batch of one item
+    lengths = np.random.default_rng(0).integers(3, 128, n) if grouped else None
+    views = [EpochBatches(n, size, seed=7, lengths=lengths, rank=r, world_size=world) for r in range(world)]
+    for epoch in (0, 1):
+        shards = [v.rank_batches(epoch) for v in views]
+        assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(views[0])  # same steps on every rank
+        seen = [i for s in shards for b in s for i in b]
+        assert sorted(seen) == list(range(n))  # each item once over all ranks: union is all, shards disjoint
+        assert all(b for s in shards for b in s)  # no rank is ever left without items
+    assert views[0].rank_batches(0) != views[0].rank_batches(1)  # reshuffled each epoch
+    assert views[0].rank_batches(1, start=5) == views[0].rank_batches(1)[5:]  # resume mid-epoch
+    if grouped:
+        batches = views[0].global_batches(0)
+        spread = np.mean([lengths[b].max() - lengths[b].min() for b in batches])
+        assert spread < 10  # similar lengths together (random batches of 16 spread ~110)
+
+
+def test_epoch_batches_drop_last_for_in_batch():
+    batches = EpochBatches(100, 16, seed=1, drop_last=True)
+    assert len(batches) == 6 and all(len(b) == 16 for b in batches.global_batches(0))
+
+
+def test_fast_training_equals_original_training(tiny_model_dir, tiny_data, tmp_path):
+    """Same batches (ungrouped, same seed), dropout off: the fast path trains to the original's weights."""
+    model_dir = no_dropout_copy(tiny_model_dir, tmp_path / "model")
+    common = ["--train-file", str(tiny_data / "train_pairs_length_diff_0.2.json"),
+              "--val-file", str(tiny_data / "val_pairs_length_diff_0.2.json"), "--model-name", str(model_dir),
+              "--batch-size", "16", "--num-epochs", "1", "--max-steps", "4", "--learning-rate", "1e-3",
+              "--device", "cpu"]
+    assert train.main([*common, "--output-dir", str(tmp_path / "orig"), "--batching", "original"]) == 0
+    assert train.main([*common, "--output-dir", str(tmp_path / "fast"), "--no-group-by-length"]) == 0
+    orig = read_state_dict(tmp_path / "orig" / "last_model.pt")
+    fast = read_state_dict(tmp_path / "fast" / "last_model.pt")
+    # fc.bias aside: its gradient is zero but for rounding noise (the loss sees score differences only)
+    assert max((orig[k] - fast[k]).abs().max().item() for k in orig if k != "fc.bias") < 1e-4
+    m_orig = json.loads((tmp_path / "orig" / "metrics.json").read_text())
+    m_fast = json.loads((tmp_path / "fast" / "metrics.json").read_text())
+    assert m_orig["batching"] == "original" and m_fast["batching"] == "fast"
+    assert m_orig["history"][0]["train_loss"] == pytest.approx(m_fast["history"][0]["train_loss"], abs=1e-5)
+    t_orig, t_fast = m_orig["throughput"], m_fast["throughput"]
+    assert t_orig["pairs"] == t_fast["pairs"] == 64 and t_orig["real_tokens"] == t_fast["real_tokens"]
+    assert t_orig["padded_tokens"] == 128 * 128 and t_fast["padded_tokens"] < t_orig["padded_tokens"] / 3
+
+
+def test_original_batching_refuses_what_the_original_lacks(tiny_model_dir, tiny_data, tmp_path):
+    common = ["--train-file", str(tiny_data / "train_pairs_length_diff_0.2.json"),
+              "--val-file", str(tiny_data / "val_pairs_length_diff_0.2.json"), "--output-dir", str(tmp_path),
+              "--model-name", str(tiny_model_dir), "--batching", "original"]
+    with pytest.raises(PARSError, match="only --pairing pairs"):
+        train.main([*common, "--pairing", "in-batch"])
+    with pytest.raises(PARSError, match="drop --group-by-length"):
+        train.main([*common, "--group-by-length"])
