@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -29,6 +30,23 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+class Ranker(Protocol):
+    """What inference needs of a model: a PairwiseRanker, or the ONNX Runtime one (pars.onnx_backend)."""
+
+    def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
+
+
+def pad_ids(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token-id lists to the longest: (input_ids, attention_mask), as the tokenizer pads."""
+    longest = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = torch.as_tensor(x, dtype=torch.long)
+        attention_mask[row, : len(x)] = 1
+    return input_ids, attention_mask
+
+
 class PromptScorer:
     """Scores prompts; a higher score means a longer expected response.
 
@@ -38,15 +56,17 @@ class PromptScorer:
 
     def __init__(
         self,
-        model: PairwiseRanker,
+        model: PairwiseRanker | Ranker,
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = 128,
         device: str | torch.device | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        pad = tokenizer.pad_token_id
+        self.pad_id = 0 if pad is None else int(pad)
         self._lock = threading.Lock()
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -62,6 +82,18 @@ class PromptScorer:
         attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
         return self.model.score(input_ids, attention_mask).float().cpu().tolist()
 
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids per prompt, truncated at max_length, unpadded."""
+        return self.tokenizer(list(prompts), truncation=True, max_length=self.max_length)["input_ids"]
+
+    def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
+        """Token-id lists (from `encode`) padded together, in one forward pass."""
+        if not ids:
+            return []
+        input_ids, attention_mask = pad_ids(ids, self.pad_id)
+        with self._lock:
+            return self._forward({"input_ids": input_ids, "attention_mask": attention_mask})
+
     def score(self, prompts: Sequence[str]) -> list[float]:
         """All prompts in one forward pass, as the original service does per request."""
         if not prompts:
@@ -74,8 +106,7 @@ class PromptScorer:
         """Many prompts in length-sorted batches (little padding), returned in input order."""
         if not prompts:
             return []
-        lengths = [len(ids) for ids in self.tokenizer(list(prompts), truncation=True,
-                                                       max_length=self.max_length)["input_ids"]]
+        lengths = [len(ids) for ids in self.encode(prompts)]
         order = sorted(range(len(prompts)), key=lengths.__getitem__)
         scores = [0.0] * len(prompts)
         starts = range(0, len(order), batch_size)

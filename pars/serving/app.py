@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pars import __version__
 from pars.errors import PARSError
 from pars.model import load_ranker, load_tokenizer
+from pars.onnx_backend import ONNX_BACKENDS, load_onnx_ranker
 from pars.scoring import PromptScorer, resolve_device
 from pars.serving.batcher import (
     DynamicBatcher,
@@ -68,6 +69,13 @@ def load_scorer(settings: Settings) -> PromptScorer:
         raise PARSError(f"PREDICTOR_DTYPE={settings.dtype} needs a CUDA device (this one is {device}); "
                         "use float32 on CPU")
     tokenizer = load_tokenizer(settings.model_name)
+    if settings.backend in ONNX_BACKENDS:
+        if device.type != "cpu" or dtype != torch.float32:
+            raise PARSError(f"PREDICTOR_BACKEND={settings.backend} runs on CPU in float32; "
+                            f"use PREDICTOR_BACKEND=torch for {device} / {settings.dtype}")
+        model = load_onnx_ranker(settings.model_name, settings.model_path, settings.backend,
+                                 settings.onnx_cache_dir, threads=settings.threads(), log=log.warning)
+        return PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
     model = load_ranker(settings.model_name, settings.model_path)
     scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
     if dtype != torch.float32:

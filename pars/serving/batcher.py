@@ -79,8 +79,7 @@ class InferenceEngine:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.dtype = dtype
-        pad = scorer.tokenizer.pad_token_id
-        self.pad_id = 0 if pad is None else int(pad)
+        self.pad_id = scorer.pad_id
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-inference")
 
     async def run(self, fn, *args):
@@ -88,20 +87,12 @@ class InferenceEngine:
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids per prompt, truncated at max_length, unpadded (as PromptScorer.tokenize would)."""
-        return self.scorer.tokenizer(list(prompts), truncation=True, max_length=self.scorer.max_length)["input_ids"]
+        return self.scorer.encode(prompts)
 
     def _forward_padded(self, ids: Sequence[Sequence[int]]) -> list[float]:
-        longest = max(len(x) for x in ids)
-        input_ids = torch.full((len(ids), longest), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(ids), longest), dtype=torch.long)
-        for row, x in enumerate(ids):
-            input_ids[row, : len(x)] = torch.as_tensor(x, dtype=torch.long)
-            attention_mask[row, : len(x)] = 1
-        device = self.scorer.device
         started = time.perf_counter()
-        with torch.inference_mode():
-            scores = self.scorer.model.score(input_ids.to(device), attention_mask.to(device)).float().cpu().tolist()
-        self.metrics.observe_forward(len(ids), len(ids) * longest, sum(len(x) for x in ids),
+        scores = self.scorer.score_ids(ids)
+        self.metrics.observe_forward(len(ids), len(ids) * max(len(x) for x in ids), sum(len(x) for x in ids),
                                      time.perf_counter() - started)
         return scores
 
