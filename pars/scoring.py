@@ -31,7 +31,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 class Ranker(Protocol):
-    """What inference needs of a model: a PairwiseRanker, or the ONNX Runtime one (pars.onnx_backend)."""
+    """What inference needs of a model: a PairwiseRanker, or the ONNX Runtime one (pars.backends)."""
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor: ...
 

@@ -26,9 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pars import __version__
+from pars.backends import ONNX_BACKENDS, load_inference_model
 from pars.errors import PARSError
-from pars.model import load_ranker, load_tokenizer
-from pars.onnx_backend import ONNX_BACKENDS, load_onnx_ranker
+from pars.model import load_tokenizer
 from pars.scoring import PromptScorer, resolve_device
 from pars.serving.batcher import (
     DynamicBatcher,
@@ -73,10 +73,8 @@ def load_scorer(settings: Settings) -> PromptScorer:
         if device.type != "cpu" or dtype != torch.float32:
             raise PARSError(f"PREDICTOR_BACKEND={settings.backend} runs on CPU in float32; "
                             f"use PREDICTOR_BACKEND=torch for {device} / {settings.dtype}")
-        model = load_onnx_ranker(settings.model_name, settings.model_path, settings.backend,
+    model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
                                  settings.onnx_cache_dir, threads=settings.threads(), log=log.warning)
-        return PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
-    model = load_ranker(settings.model_name, settings.model_path)
     scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
     if dtype != torch.float32:
         scorer.model.to(dtype)

@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     max_length: int = Field(default=128, ge=1, le=4096)
     device: str | None = None  # None: cuda when available, else cpu
 
-    # Inference. backend: torch, or the CPU fast path through ONNX Runtime (pars/onnx_backend.py):
+    # Inference. backend: torch, or the CPU fast path through ONNX Runtime (pars/backends.py):
     # onnx (fp32, same scores as torch) or onnx-int8 (int8 weights, close ranking); exported once, cached.
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     onnx_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/pars/onnx or ~/.cache/pars/onnx

@@ -9,9 +9,9 @@ import torch
 from serving_helpers import start_server, wait_ready
 from transformers import AutoTokenizer
 
+from pars.backends import GRAPH_FILE, cache_key, load_onnx_ranker
 from pars.errors import PARSError
 from pars.model import PairwiseRanker, load_ranker, save_checkpoint
-from pars.onnx_backend import GRAPH_FILE, cache_key, load_onnx_ranker
 from pars.scoring import PromptScorer
 
 pytest.importorskip("onnxruntime")

@@ -1,4 +1,4 @@
-"""The optional CPU fast path: the ranker exported to ONNX and run by ONNX Runtime.
+"""Inference backends: torch, or the optional CPU fast path, the ranker exported to ONNX and run by ONNX Runtime.
 
 Measured on this project's 2-core CPU (benchmarks/backend_bench.py) on the MiniLM ranker, ONNX Runtime
 with its BERT graph fusions (attention, embedding + layer norm, skip + layer norm, bias + GELU) gives the
@@ -167,3 +167,14 @@ def load_onnx_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None,
         except OSError as exc:
             raise PARSError(f"cannot write the ONNX cache {target}: {exc.strerror or exc}") from None
     return OnnxRanker(graph, threads=threads, spin=spin)
+
+
+def load_inference_model(model_name: str, checkpoint: str | os.PathLike[str] | None, backend: str = "torch",
+                         cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
+                         log: Callable[[str], None] = print) -> PairwiseRanker | OnnxRanker:
+    """What PromptScorer runs for `backend`: the torch ranker, or its ONNX Runtime export."""
+    if backend == "torch":
+        return load_ranker(model_name, checkpoint)
+    if backend not in BACKENDS:
+        raise PARSError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
+    return load_onnx_ranker(model_name, checkpoint, backend, cache_dir, threads=threads, log=log)
