@@ -18,7 +18,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -106,6 +106,15 @@ def error_response(status: int, error: str, message: str, detail: list | None = 
 
 _HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                      413: "too_large", 429: "queue_full", 503: "unavailable", 504: "timeout"}
+
+# The error answers of the scoring endpoints, in the OpenAPI schema (so schema-driven clients and the fuzz
+# campaign know them); every one has the ErrorResponse body.
+SCORING_ERRORS: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, "description": description} for status, description in {
+        400: "body is not UTF-8 or not parseable", 401: "missing or wrong API key", 408: "body not received in time",
+        413: "body, prompt or prompt count over its limit", 422: "invalid request", 429: "queue full",
+        503: "shutting down", 504: "not scored in time"}.items()
+}
 
 
 class OneLineStartupErrors:
@@ -284,7 +293,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = ReadyResponse(status=request.app.state.status, message=request.app.state.status_message)
         return JSONResponse(body.model_dump(), status_code=200 if body.status == "ready" else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)  # documented as text, not JSON, in the OpenAPI schema
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -294,12 +303,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return RootResponse(message="Predictor score model is running.", model_path=s.model_path,
                             model_name=s.model_name, device=str(request.app.state.scorer.device))
 
-    @app.post("/score", response_model=ScoreResponse)
+    @app.post("/score", response_model=ScoreResponse, responses=SCORING_ERRORS)
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         (value,) = await scores_of(request, [body.prompt])
         return ScoreResponse(prompt=body.prompt, score=value)
 
-    @app.post("/score_batch", response_model=ScoreBatchResponse, response_model_exclude_none=True)
+    @app.post("/score_batch", response_model=ScoreBatchResponse, response_model_exclude_none=True,
+              responses=SCORING_ERRORS)
     async def score_batch(body: ScoreBatchRequest, request: Request) -> ScoreBatchResponse:
         scores = await scores_of(request, body.prompts)
         priorities = None
@@ -308,12 +318,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             priorities = [priority_of(v, scale) for v in scores]
         return ScoreBatchResponse(prompts=body.prompts, scores=scores, priorities=priorities)
 
-    @app.post("/compare", response_model=CompareResponse)
+    @app.post("/compare", response_model=CompareResponse, responses=SCORING_ERRORS)
     async def compare_one(body: CompareRequest, request: Request) -> CompareResponse:
         score_a, score_b = await scores_of(request, [body.prompt_a, body.prompt_b])
         return compare(body.prompt_a, body.prompt_b, score_a, score_b)
 
-    @app.post("/compare_batch", response_model=CompareBatchResponse)
+    @app.post("/compare_batch", response_model=CompareBatchResponse, responses=SCORING_ERRORS)
     async def compare_batch(body: CompareBatchRequest, request: Request) -> CompareBatchResponse:
         prompts = [p.prompt_a for p in body.pairs] + [p.prompt_b for p in body.pairs]
         scores = await scores_of(request, prompts)
