@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +19,19 @@ from pars.errors import PARSError
 from pars.jsonio import read_json
 
 
+def check_pair(item: Any, i: int, what: str, path: str | os.PathLike[str]) -> None:
+    """{prompt_A: str, prompt_B: str, label: 0|1}, or a PARSError naming the item."""
+    if not isinstance(item, dict):
+        raise PARSError(f"{what} {path}: item {i} is not an object")
+    for key in ("prompt_A", "prompt_B", "label"):
+        if key not in item:
+            raise PARSError(f"{what} {path}: item {i} has no {key!r} (needs prompt_A, prompt_B, label)")
+    if not isinstance(item["prompt_A"], str) or not isinstance(item["prompt_B"], str):
+        raise PARSError(f"{what} {path}: item {i}: prompt_A and prompt_B must be strings")
+    if item["label"] not in (0, 1) or isinstance(item["label"], bool):
+        raise PARSError(f"{what} {path}: item {i}: label must be 0 or 1, got {item['label']!r}")
+
+
 def load_pairs(path: str | os.PathLike[str], what: str = "pair file") -> list[dict[str, Any]]:
     """A non-empty list of {prompt_A: str, prompt_B: str, label: 0|1}; anything else is a PARSError."""
     data = read_json(path, what)
@@ -24,16 +40,83 @@ def load_pairs(path: str | os.PathLike[str], what: str = "pair file") -> list[di
     if not data:
         raise PARSError(f"{what} {path} holds no pairs")
     for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise PARSError(f"{what} {path}: item {i} is not an object")
-        for key in ("prompt_A", "prompt_B", "label"):
-            if key not in item:
-                raise PARSError(f"{what} {path}: item {i} has no {key!r} (needs prompt_A, prompt_B, label)")
-        if not isinstance(item["prompt_A"], str) or not isinstance(item["prompt_B"], str):
-            raise PARSError(f"{what} {path}: item {i}: prompt_A and prompt_B must be strings")
-        if item["label"] not in (0, 1) or isinstance(item["label"], bool):
-            raise PARSError(f"{what} {path}: item {i}: label must be 0 or 1, got {item['label']!r}")
+        check_pair(item, i, what, path)
     return data
+
+
+def iter_json_list(path: str | os.PathLike[str], what: str, chunk_chars: int = 1 << 20) -> Iterator[Any]:
+    """The items of a JSON list file one at a time, reading it in chunks: memory holds one chunk and one
+    item, not the whole document (a pair file of 100k pairs is 220 MB of text and ~2 GB parsed).
+    A file whose top level is not a list is read whole, for read_json's and the caller's usual errors."""
+    path = Path(path)
+    decoder = json.JSONDecoder()
+
+    def invalid(msg: str, at: int) -> PARSError:
+        return PARSError(f"{what} is not valid JSON (truncated or corrupt?): {path} near character {at}: {msg}")
+
+    try:
+        f = path.open("r", encoding="utf-8")
+    except OSError:
+        yield from _whole_list(path, what)  # read_json words the error (not found, a directory, ...)
+        return
+    with f:
+        buf, pos, base, eof = "", 0, 0, False
+
+        def fill() -> bool:
+            nonlocal buf, pos, base, eof
+            more = "" if eof else f.read(chunk_chars)
+            eof = eof or not more
+            base += pos
+            buf, pos = buf[pos:] + more, 0
+            return bool(more)
+
+        def skip_ws() -> str:
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\r\n":
+                    pos += 1
+                if pos < len(buf) or not fill():
+                    return buf[pos] if pos < len(buf) else ""
+
+        try:
+            if skip_ws() != "[":
+                f.close()
+                yield from _whole_list(path, what)
+                return
+            pos += 1
+            if skip_ws() == "]":
+                return
+            while True:
+                while True:  # decode one item, reading on while it runs past the buffer
+                    try:
+                        item, end = decoder.raw_decode(buf, pos)
+                        if end < len(buf) or eof:
+                            break
+                    except json.JSONDecodeError as exc:
+                        if eof:
+                            raise invalid(exc.msg, base + exc.pos) from None
+                    fill()
+                pos = end
+                yield item
+                sep = skip_ws()
+                if sep == "]":
+                    pos += 1
+                    if skip_ws():
+                        raise invalid("extra data after the list", base + pos)
+                    return
+                if sep != ",":
+                    raise invalid("expected ',' or ']'", base + pos)
+                pos += 1
+                skip_ws()
+        except UnicodeDecodeError as exc:
+            raise PARSError(f"{what} is not UTF-8 text: {path} (byte {exc.start})") from None
+
+
+def _whole_list(path: Path, what: str) -> Iterator[Any]:
+    data = read_json(path, what)
+    if not isinstance(data, list):
+        raise PARSError(f"{what} {path} must hold a JSON list of pairs, found {type(data).__name__}")
+    yield from data
 
 
 def load_rows(path: str | os.PathLike[str], what: str = "data file") -> list[dict[str, Any]]:
@@ -168,12 +251,43 @@ def index_prompts(prompts: Sequence[str]) -> tuple[list[str], np.ndarray]:
 class PairIndex:
     """Pairs as (prompt index A, prompt index B, label) arrays over one TokenTable."""
 
-    def __init__(self, pairs: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 progress: bool = True) -> None:
+    def __init__(self, prompts: Sequence[str], a: np.ndarray, b: np.ndarray, labels: np.ndarray,
+                 tokenizer: PreTrainedTokenizerBase, max_length: int, progress: bool = True) -> None:
+        used = np.unique(np.concatenate([a, b]))  # prompts a subsample no longer references are not tokenized
+        remap = np.full(len(prompts), -1, dtype=np.int32)
+        remap[used] = np.arange(len(used), dtype=np.int32)
+        self.table = TokenTable.build(tokenizer, [prompts[k] for k in used], max_length, progress=progress)
+        self.a, self.b, self.labels = remap[a], remap[b], labels.astype(np.float32)
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                   progress: bool = True) -> PairIndex:
         distinct, idx = index_prompts([p[k] for p in pairs for k in ("prompt_A", "prompt_B")])
-        self.table = TokenTable.build(tokenizer, distinct, max_length, progress=progress)
-        self.a, self.b = idx[0::2].copy(), idx[1::2].copy()
-        self.labels = np.fromiter((p["label"] for p in pairs), dtype=np.float32, count=len(pairs))
+        labels = np.fromiter((p["label"] for p in pairs), dtype=np.float32, count=len(pairs))
+        return cls(distinct, idx[0::2], idx[1::2], labels, tokenizer, max_length, progress)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase, max_length: int,
+                  limit: int | None = None, seed: int = 0, what: str = "train file",
+                  progress: bool = True) -> PairIndex:
+        """Stream a pair file, checking each pair as load_pairs does and keeping only prompt indices and
+        labels: memory grows with the distinct prompts, not with the pairs. `limit`/`seed` pick the same
+        subset as subsample()."""
+        from tqdm.auto import tqdm
+
+        position: dict[str, int] = {}
+        a, b, labels = array("i"), array("i"), array("b")
+        for i, item in enumerate(tqdm(iter_json_list(path, what), desc="Reading pairs", unit=" pairs",
+                                      disable=not progress)):
+            check_pair(item, i, what, path)
+            a.append(position.setdefault(item["prompt_A"], len(position)))
+            b.append(position.setdefault(item["prompt_B"], len(position)))
+            labels.append(item["label"])
+        if not labels:
+            raise PARSError(f"{what} {path} holds no pairs")
+        keep = np.asarray(subsample(list(range(len(labels))), limit, seed), dtype=np.int64)
+        arrays = (np.frombuffer(x, dtype=x.typecode)[keep] for x in (a, b, labels))
+        return cls(list(position), *arrays, tokenizer, max_length, progress)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -236,7 +236,14 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     say = print if info.is_main else (lambda *a, **k: None)
 
     # ---- data ----
-    if args.pairing == "pairs":
+    tokenizer = load_tokenizer(args.model_name)
+    index = None
+    if args.pairing == "pairs" and args.batching == "fast":
+        # streamed: only the distinct prompts' token ids and three small integers per pair stay in memory
+        index = PairIndex.from_file(args.train_file, tokenizer, args.max_length, args.max_train_samples,
+                                    args.seed, progress=info.is_main)
+        train_items = None
+    elif args.pairing == "pairs":
         train_items = load_pairs(args.train_file, "train file")
     else:
         check_threshold(args.similarity_threshold)
@@ -244,8 +251,9 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         if train_data_path is None:
             raise PARSError("--pairing in-batch needs --train-data-file (or train_data.json beside --train-file)")
         train_items = load_rows(train_data_path, "train data file")
-    train_items = subsample(train_items, args.max_train_samples, args.seed)
-    n_train = len(train_items)
+    if train_items is not None:
+        train_items = subsample(train_items, args.max_train_samples, args.seed)
+    n_train = len(train_items if index is None else index)
     if n_train < info.world_size:
         raise PARSError(f"{n_train} train items cannot be split over {info.world_size} ranks")
     val_pairs = subsample(load_pairs(args.val_file, "val file"), args.max_eval_samples, args.seed)
@@ -255,17 +263,16 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         raise PARSError("--select-by val_kendall_tau needs --val-data-file (or val_data.json beside --val-file)")
 
     use_amp = device.type == "cuda"
-    tokenizer = load_tokenizer(args.model_name)
     lengths = None
     if args.batching == "original":  # the pair dicts stay in memory and are tokenized batch by batch
         dataset, collate = ListDataset(train_items), PairCollator(tokenizer, args.max_length)
-    else:  # token ids of each distinct prompt once; items become indices, the pair dicts are dropped
-        index = (PairIndex if args.pairing == "pairs" else RowIndex)(train_items, tokenizer, args.max_length,
-                                                                     progress=info.is_main)
+    else:  # token ids of each distinct prompt once; items are indices into them
+        if index is None:
+            index = RowIndex(train_items, tokenizer, args.max_length, progress=info.is_main)
+            del train_items
         dataset = ListDataset(range(n_train))
         collate = FastPairCollator(index) if args.pairing == "pairs" else FastRowCollator(index)
         lengths = index.group_lengths() if args.group_by_length else None
-        del train_items
     batches = EpochBatches(n_train, args.batch_size, args.seed, lengths, drop_last=args.pairing == "in-batch",
                            rank=info.rank, world_size=info.world_size)
     loader_rng = torch.Generator()  # the DataLoader draws its worker seed here, never from the global RNG

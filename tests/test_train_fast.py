@@ -16,7 +16,16 @@ from pars import train
 from pars.batches import EpochBatches
 from pars.errors import PARSError
 from pars.model import PairwiseRanker, read_state_dict
-from pars.pairdata import FastPairCollator, PairCollator, PairIndex, TokenTable, load_pairs, split_sorted
+from pars.pairdata import (
+    FastPairCollator,
+    PairCollator,
+    PairIndex,
+    TokenTable,
+    iter_json_list,
+    load_pairs,
+    split_sorted,
+    subsample,
+)
 
 
 def no_dropout_copy(model_dir: Path, dest: Path) -> Path:
@@ -40,7 +49,7 @@ def test_fast_and_original_batches_give_the_same_loss(tiny_model_dir, tiny_data)
     torch.manual_seed(5)
     model = PairwiseRanker.from_pretrained(str(tiny_model_dir)).eval()
     criterion = nn.MarginRankingLoss(margin=1.0)
-    index = PairIndex(pairs, tokenizer, max_length=128, progress=False)
+    index = PairIndex.from_pairs(pairs, tokenizer, max_length=128, progress=False)
     sel = [3, 17, 0, 42, 99, 7, 150, 64]
     original = PairCollator(tokenizer, 128)([pairs[i] for i in sel])
     fast = FastPairCollator(index)(sel)
@@ -61,7 +70,7 @@ def test_fast_and_original_batches_give_the_same_loss(tiny_model_dir, tiny_data)
 def test_token_table_stores_each_distinct_prompt_once(tiny_model_dir, tiny_data):
     pairs = load_pairs(tiny_data / "train_pairs_length_diff_0.2.json")
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    index = PairIndex(pairs * 10, tokenizer, max_length=128, progress=False)  # 10x the pairs, same prompts
+    index = PairIndex.from_pairs(pairs * 10, tokenizer, max_length=128, progress=False)  # 10x the pairs, same prompts
     distinct = {p[k] for p in pairs for k in ("prompt_A", "prompt_B")}
     assert len(index.table) == len(distinct) and len(index) == 10 * len(pairs)
     assert index.table.ids.nbytes == 4 * sum(len(tokenizer(p)["input_ids"]) for p in distinct)
@@ -150,3 +159,37 @@ def test_original_batching_refuses_what_the_original_lacks(tiny_model_dir, tiny_
         train.main([*common, "--pairing", "in-batch"])
     with pytest.raises(PARSError, match="drop --group-by-length"):
         train.main([*common, "--group-by-length"])
+
+
+def test_streamed_pair_file_reads_as_json_load(tiny_data, tmp_path):
+    path = tiny_data / "train_pairs_length_diff_0.2.json"
+    want = json.loads(path.read_text())
+    for chunk in (1, 7, 4096):  # items and separators cut at every possible place
+        assert list(iter_json_list(path, "f", chunk_chars=chunk)) == want
+    spaced = tmp_path / "spaced.json"
+    spaced.write_text(" [\n" + ",\n ".join(json.dumps(p, indent=1) for p in want[:5]) + "\n ]\n")
+    assert list(iter_json_list(spaced, "f", chunk_chars=3)) == want[:5]
+    for text, message in (("[]", None), ('[{"a": 1}, {"b": 2}', "not valid JSON"), ('[{"a": 1}] x', "not valid JSON"),
+                          ('[{"a": 1} {"b": 2}]', "not valid JSON"), ('{"a": 1}', "must hold a JSON list")):
+        (tmp_path / "x.json").write_text(text)
+        if message is None:
+            assert list(iter_json_list(tmp_path / "x.json", "f")) == []
+        else:
+            with pytest.raises(PARSError, match=message):
+                list(iter_json_list(tmp_path / "x.json", "f", chunk_chars=4))
+
+
+def test_pair_index_from_file_equals_from_pairs(tiny_model_dir, tiny_data):
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    path = tiny_data / "train_pairs_length_diff_0.2.json"
+    pairs = load_pairs(path)
+    for limit in (None, 50):
+        streamed = PairIndex.from_file(path, tokenizer, 128, limit=limit, seed=3, progress=False)
+        listed = PairIndex.from_pairs(subsample(pairs, limit, 3), tokenizer, 128, progress=False)
+        assert len(streamed) == len(listed) == (limit or len(pairs))
+        for k in range(len(listed)):
+            for side in ("a", "b"):
+                got = streamed.table.pad(np.array([getattr(streamed, side)[k]]))[0]
+                assert torch.equal(got, listed.table.pad(np.array([getattr(listed, side)[k]]))[0])
+        assert (streamed.labels == listed.labels).all()
+    assert len(PairIndex.from_file(path, tokenizer, 128, limit=5, progress=False).table) <= 10  # only used prompts
