@@ -32,7 +32,7 @@ from pars import distributed as dist
 from pars.batches import EpochBatches, FixedBatches
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
-from pars.jsonio import write_json_atomic
+from pars.jsonio import read_json, write_json_atomic
 from pars.metrics import kendall_tau, pairwise_accuracy
 from pars.model import PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
 from pars.pairdata import (
@@ -236,6 +236,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     say = print if info.is_main else (lambda *a, **k: None)
 
     # ---- data ----
+    if not Path(args.train_file).is_file():
+        read_json(args.train_file, "train file")  # one line: not found, a directory, ...
     tokenizer = load_tokenizer(args.model_name)
     index = None
     if args.pairing == "pairs" and args.batching == "fast":
