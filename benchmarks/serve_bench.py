@@ -165,8 +165,65 @@ class Server:
         self.log.close()
 
 
+class RawClient:
+    """One keep-alive HTTP/1.1 connection posting JSON bodies, with asyncio streams.
+
+    Why not httpx here: the load generator shares the 2 cores with the server under test, and httpx spends
+    about a millisecond of CPU per request, which at 100+ requests/s is CPU taken from the server. This
+    client does the minimum (one write, a status line, headers, a Content-Length body); `--client httpx`
+    keeps the library client for comparison. The client's CPU per request is reported either way."""
+
+    def __init__(self, url: str) -> None:
+        host_port = url.split("://", 1)[1]
+        self.host, _, port = host_port.partition(":")
+        self.port = int(port or 80)
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> int:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            self.writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body))
+            status = int((await self.reader.readline()).split()[1])
+            length, close = 0, False
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    close = True
+                elif name == b"transfer-encoding":
+                    raise ConnectionError("chunked responses are not expected from the service")
+            await self.reader.readexactly(length)
+        except (OSError, ValueError, IndexError, asyncio.IncompleteReadError):
+            await self.close()
+            raise
+        if close:
+            await self.close()
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def run_async(coro):
+    """asyncio.run on uvloop when installed (less client CPU per request)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, requests: int, batch: int,
-                max_seconds: float, pid: int | None = None, sample_rss_s: float = 0.0) -> dict:
+                max_seconds: float, pid: int | None = None, sample_rss_s: float = 0.0,
+                client_kind: str = "raw") -> dict:
     """Closed loop: `concurrency` clients, `requests` requests in all (or until max_seconds)."""
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -174,27 +231,34 @@ async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, r
     issued = 0
     rss: list[tuple[float, float]] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    def body_of(k: int) -> tuple[bytes, int]:
+        if endpoint == "/score":
+            return json.dumps({"prompt": prompts[k % len(prompts)]}).encode(), 1
+        first = (k * batch) % len(prompts)
+        chunk = (prompts + prompts)[first : first + batch]
+        return json.dumps({"prompts": chunk}).encode(), len(chunk)
+
+    bodies = [body_of(k) for k in range(min(requests, len(prompts)))]  # encoded before the clock starts
+    cpu_started = time.process_time()
     started = time.perf_counter()
     stop_at = started + max_seconds
 
-    async def client_loop(client: httpx.AsyncClient, worker: int) -> None:
+    async def client_loop(client: httpx.AsyncClient | None) -> None:
         nonlocal scored, issued
+        raw = RawClient(url) if client is None else None
         while issued < requests and time.perf_counter() < stop_at:
             k = issued
             issued += 1
-            if endpoint == "/score":
-                body = {"prompt": prompts[k % len(prompts)]}
-                n = 1
-            else:
-                first = (k * batch) % len(prompts)
-                chunk = (prompts + prompts)[first : first + batch]
-                body = {"prompts": chunk}
-                n = len(chunk)
+            body, n = bodies[k % len(bodies)]
             t0 = time.perf_counter()
             try:
-                r = await client.post(endpoint, json=body)
-                code = r.status_code
-            except httpx.HTTPError as exc:
+                if raw is not None:
+                    code = await raw.post(endpoint, body)
+                else:
+                    code = (await client.post(endpoint, content=body,
+                                              headers={"content-type": "application/json"})).status_code
+            except (httpx.HTTPError, OSError, ValueError, IndexError, asyncio.IncompleteReadError) as exc:
                 code = type(exc).__name__
             dt = time.perf_counter() - t0
             if code == 200:
@@ -202,6 +266,8 @@ async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, r
                 scored += n
             else:
                 errors[str(code)] = errors.get(str(code), 0) + 1
+        if raw is not None:
+            await raw.close()
 
     async def sampler() -> None:
         while True:
@@ -212,10 +278,12 @@ async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, r
 
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as client:
         sampling = asyncio.create_task(sampler()) if pid and sample_rss_s else None
-        await asyncio.gather(*(client_loop(client, w) for w in range(concurrency)))
+        shared = client if client_kind == "httpx" else None
+        await asyncio.gather(*(client_loop(shared) for _ in range(concurrency)))
         if sampling:
             sampling.cancel()
     elapsed = time.perf_counter() - started
+    client_cpu = time.process_time() - cpu_started
     lat_ms = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     done = len(latencies)
     result = {
@@ -223,7 +291,8 @@ async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, r
         "ok": done, "errors": errors, "seconds": elapsed, "requests_per_s": done / elapsed,
         "prompts_per_s": scored / elapsed, "p50_ms": float(np.percentile(lat_ms, 50)),
         "p90_ms": float(np.percentile(lat_ms, 90)), "p99_ms": float(np.percentile(lat_ms, 99)),
-        "batch": batch if endpoint == "/score_batch" else 1,
+        "batch": batch if endpoint == "/score_batch" else 1, "client": client_kind,
+        "client_cpu_ms_per_request": 1000 * client_cpu / max(1, done + sum(errors.values())),
     }
     if rss:
         result["rss_mib"] = rss
@@ -252,7 +321,7 @@ def run_servers(args, prompts: list[str], out_dir: Path) -> tuple[list[dict], di
             info = {"mode": server.name, "ready_after_s": server.wait_ready()}
             info["rss_mib_ready"] = rss_mib(server.proc.pid)
             # warm the HTTP path and the model at the shapes to come
-            asyncio.run(drive(server.url, "/score", prompts, 8, 64, 1, 30))
+            run_async(drive(server.url, "/score", prompts, 8, 64, 1, 30, client_kind=args.client))
             infos.append(info)
         cell = 0
         for endpoint in args.endpoints:
@@ -262,8 +331,8 @@ def run_servers(args, prompts: list[str], out_dir: Path) -> tuple[list[dict], di
                     server = servers[(cell + k) % len(servers)]
                     before = server.metrics()
                     load = os.getloadavg()
-                    r = asyncio.run(drive(server.url, endpoint, prompts, c, n, args.batch_size,
-                                          args.max_seconds_per_level))
+                    r = run_async(drive(server.url, endpoint, prompts, c, n, args.batch_size,
+                                        args.max_seconds_per_level, client_kind=args.client))
                     r.update(mode=server.name, runner=server.runner, backend=server.backend, loadavg_before=load,
                              loadavg_after=os.getloadavg(), **counters_delta(before, server.metrics(), r["seconds"]),
                              rss_mib_after=rss_mib(server.proc.pid))
@@ -273,8 +342,9 @@ def run_servers(args, prompts: list[str], out_dir: Path) -> tuple[list[dict], di
         soaked = next((sv for sv in servers if sv.runner == "batching"), None)
         if soaked is not None and args.soak_requests:
             load = os.getloadavg()
-            soak = asyncio.run(drive(soaked.url, "/score", prompts, args.soak_concurrency, args.soak_requests, 1,
-                                     args.soak_max_seconds, pid=soaked.proc.pid, sample_rss_s=1.0))
+            soak = run_async(drive(soaked.url, "/score", prompts, args.soak_concurrency, args.soak_requests, 1,
+                                   args.soak_max_seconds, pid=soaked.proc.pid, sample_rss_s=1.0,
+                                   client_kind=args.client))
             soak.update(mode=soaked.name, loadavg_before=load, loadavg_after=os.getloadavg())
             print("soak:", row(soak), f"rss MiB first/last/max {soak_rss(soak)}", flush=True)
     finally:
@@ -289,7 +359,7 @@ def soak_rss(soak: dict) -> tuple[float, float, float]:
 
 
 HEADER = (f"{'server':<20} {'endpoint':<12} {'conc':>4} {'reqs':>6} {'err':>4} {'req/s':>8} {'prompts/s':>9} "
-          f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p/fwd':>6} {'load1':>5}")
+          f"{'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p/fwd':>6} {'cli ms':>6} {'load1':>5}")
 
 
 def row(r: dict) -> str:
@@ -297,7 +367,7 @@ def row(r: dict) -> str:
     return (f"{r['mode']:<20} {r['endpoint']:<12} {r['concurrency']:>4} {r['requests']:>6} "
             f"{sum(r['errors'].values()):>4} {r['requests_per_s']:>8.1f} {r['prompts_per_s']:>9.1f} "
             f"{r['p50_ms']:>8.1f} {r['p90_ms']:>8.1f} {r['p99_ms']:>8.1f} "
-            f"{(f'{pf:.1f}' if pf else '-'):>6} {r['loadavg_before'][0]:>5.2f}")
+            f"{(f'{pf:.1f}' if pf else '-'):>6} {r['client_cpu_ms_per_request']:>6.2f} {r['loadavg_before'][0]:>5.2f}")
 
 
 def plot(results: list[dict], limits: list[dict], path: Path) -> None:
@@ -345,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--servers", default="batching:onnx-int8,batching:torch,per_request:torch",
                    help="servers to compare, runner:backend (runner batching or per_request; backend torch, onnx "
                         "or onnx-int8); per_request:torch is the original release's way of serving")
+    p.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                   help="load generator: raw (minimal keep-alive HTTP/1.1, least CPU taken from the server) or httpx")
     p.add_argument("--onnx-cache-dir", default=None, help="PREDICTOR_ONNX_CACHE_DIR for the servers")
     p.add_argument("--requests-per-level", type=int, default=600, help="/score requests per level")
     p.add_argument("--batch-requests-per-level", type=int, default=24, help="/score_batch requests per level")
