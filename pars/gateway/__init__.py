@@ -1,0 +1,10 @@
+"""The PARS gateway: an OpenAI-compatible proxy that sets vLLM's `priority` from the ranker's score.
+
+settings  GATEWAY_* settings, read once
+prompts   the text to score in a completions or chat request
+body      setting `priority` in a JSON body without touching its other bytes
+priority  score -> integer priority with a starvation guard (arrival time + bounded score term)
+scorers   remote (/score_batch, batched) or in-process (the service's batcher) scoring, with fallback
+proxy     forwarding a request upstream and relaying the answer, streams included
+app       the Starlette app factory and its lifespan
+"""

@@ -1,0 +1,121 @@
+"""The gateway app: POST /v1/completions and /v1/chat/completions get a `priority`; everything else
+passes through. Its own endpoints live under /gateway/ so that vLLM's /health, /metrics, /docs and
+/openapi.json stay reachable through it."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+import httpx
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pars.errors import PARSError
+from pars.gateway.metrics import GatewayMetrics
+from pars.gateway.policy import Prioritizer
+from pars.gateway.priority import max_overtake_ms
+from pars.gateway.prompts import SCORED_PATHS
+from pars.gateway.proxy import forward, has_body
+from pars.gateway.scorers import make_scorer
+from pars.gateway.settings import GatewaySettings
+
+log = logging.getLogger("pars.gateway")
+
+METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # HEAD comes with GET
+
+
+class OneLineStartupErrors:
+    """ASGI middleware: a start-up failure on a bad setting or an unloadable model is printed by uvicorn
+    as one line (it logs the lifespan failure message) instead of a traceback."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_reason(message: Message) -> None:
+            reason = getattr(scope["app"].state, "startup_error", None)
+            if message["type"] == "lifespan.startup.failed" and reason:
+                message = {**message, "message": f"PARS gateway cannot start: {reason}"}
+            await send(message)
+
+        await self.app(scope, receive, send_reason)
+
+
+def create_app(settings: GatewaySettings | None = None, predictor_settings=None) -> Starlette:
+    """`predictor_settings` (pars.serving.settings.Settings) configures GATEWAY_SCORER=local; None: read
+    from the service's PREDICTOR_* variables."""
+    metrics = GatewayMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        try:
+            s = settings if settings is not None else GatewaySettings()
+            scorer = make_scorer(s, predictor_settings)
+            if scorer is not None:
+                await scorer.start()
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            app.state.startup_error = f"bad setting {str(err['loc'][0]).upper()}: {err['msg']}"
+            raise
+        except PARSError as exc:
+            app.state.startup_error = str(exc)
+            raise
+        timeout = httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
+        limits = httpx.Limits(max_connections=s.upstream_max_connections, max_keepalive_connections=256)
+        app.state.upstream = httpx.AsyncClient(base_url=s.upstream_url, timeout=timeout, limits=limits)
+        app.state.settings, app.state.scorer = s, scorer
+        app.state.prioritizer = Prioritizer(s, scorer, metrics)
+        try:
+            yield
+        finally:
+            await app.state.upstream.aclose()
+            if scorer is not None:
+                await scorer.close()
+
+    async def proxied(request: Request) -> Response:
+        client: httpx.AsyncClient = request.app.state.upstream
+        if request.method == "POST" and request.url.path in SCORED_PATHS:
+            prioritizer: Prioritizer = request.app.state.prioritizer
+            arrival_ms = prioritizer.clock.now_ms()
+            raw = await request.body()
+            a = await prioritizer.assign(request.url.path, raw, arrival_ms)
+            headers = [(b"x-pars-priority-source", a.source.encode()),
+                       (b"x-pars-score-ms", f"{a.score_ms:.3f}".encode())]
+            if a.priority is not None:
+                headers.append((b"x-pars-priority", str(a.priority).encode()))
+            return await forward(client, request, a.body, keep_length=False, extra_headers=headers)
+        # Streamed through, length kept: a large upload is never held in the gateway.
+        content = request.stream() if has_body(request) else None
+        return await forward(client, request, content, keep_length=True)
+
+    async def health(request: Request) -> JSONResponse:
+        s: GatewaySettings = request.app.state.settings
+        p: Prioritizer = request.app.state.prioritizer
+        return JSONResponse({
+            "status": "ok", "upstream": s.upstream_url, "scorer": s.scorer, "client_priority": s.client_priority,
+            "fairness_window_s": s.fairness_window_s, "max_overtake_ms": max_overtake_ms(s.fairness_window_s),
+            "clock_ms": round(p.clock.now_ms()), "scores_in_window": len(p.window),
+            "fallbacks": metrics.fallback_count(),
+        })
+
+    async def prometheus_metrics(request: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app = Starlette(lifespan=lifespan, routes=[
+        Route("/gateway/health", health, methods=["GET"]),
+        Route("/gateway/metrics", prometheus_metrics, methods=["GET"]),
+        Route("/{path:path}", proxied, methods=METHODS),
+    ])
+    app.add_middleware(OneLineStartupErrors)
+    app.state.metrics = metrics
+    return app

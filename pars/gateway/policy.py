@@ -1,0 +1,104 @@
+"""What priority a completions/chat request goes upstream with, and why.
+
+Rule for a client's own top-level `priority` (GATEWAY_CLIENT_PRIORITY):
+  respect  (default) an integer priority is kept as sent and the prompt is not scored;
+  override the gateway's priority replaces it;
+  offset   the client's integer is added to the gateway's priority (units: milliseconds of arrival time,
+           so -5000 moves a request ahead as if it had arrived 5 s earlier).
+A `priority` that is not an integer is forwarded untouched under every rule but override, so vLLM answers
+it as it would without the gateway. A body that is not a JSON object is forwarded untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from pars.gateway.body import parse_object, with_priority
+from pars.gateway.metrics import GatewayMetrics
+from pars.gateway.priority import NEUTRAL_QUANTILE, PriorityClock, QuantileWindow
+from pars.gateway.prompts import prompt_text
+from pars.gateway.scorers import Scorer
+from pars.gateway.settings import GatewaySettings
+
+# Sources of a request's priority, sent back in x-pars-priority-source and counted in the metrics.
+SCORED, CLIENT, FALLBACK, UNSCORABLE, UNSCORED, UNPARSED = (
+    "scored", "client", "fallback", "unscorable", "unscored", "unparsed")
+
+
+@dataclass
+class Assignment:
+    body: bytes  # what goes upstream
+    priority: int | None  # the request's priority upstream; None: left to vLLM (default 0) or unreadable
+    source: str
+    score_ms: float  # time spent getting the score, fallbacks included; 0 when none was asked for
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def scorable_text(text: str, max_chars: int) -> str:
+    """The start of the prompt, with lone surrogates (valid in JSON, not in UTF-8) replaced: one such
+    prompt would otherwise fail the whole /score_batch call it shares with others."""
+    text = text[:max_chars]
+    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+
+
+class Prioritizer:
+    def __init__(self, settings: GatewaySettings, scorer: Scorer | None, metrics: GatewayMetrics,
+                 clock: PriorityClock | None = None) -> None:
+        self.settings = settings
+        self.scorer = scorer
+        self.metrics = metrics
+        self.window = QuantileWindow(settings.quantile_window)
+        self.clock = clock if clock is not None else PriorityClock(settings.fairness_window_s)
+        self.timeout_s = settings.predictor_timeout_ms / 1000
+
+    async def assign(self, path: str, raw: bytes, arrival_ms: float) -> Assignment:
+        parsed = parse_object(raw)
+        if parsed is None:
+            return self._done(Assignment(raw, None, UNPARSED, 0.0))
+        rule = self.settings.client_priority
+        has_client = "priority" in parsed.value
+        client = parsed.value.get("priority")
+        if has_client and (rule == "respect" or (rule == "offset" and not _is_int(client))):
+            return self._done(Assignment(raw, client if _is_int(client) else None, CLIENT, 0.0))
+        q, source, score_ms = await self._quantile(prompt_text(path, parsed.value))
+        priority = self.clock.priority(arrival_ms, q)
+        if has_client and rule == "offset":
+            priority += client
+        return self._done(Assignment(with_priority(parsed, priority), priority, source, score_ms))
+
+    def _done(self, assignment: Assignment) -> Assignment:
+        self.metrics.requests.labels(assignment.source).inc()
+        return assignment
+
+    async def _quantile(self, text: str | None) -> tuple[float, str, float]:
+        if self.scorer is None:
+            return NEUTRAL_QUANTILE, UNSCORED, 0.0
+        if text is None:
+            return NEUTRAL_QUANTILE, UNSCORABLE, 0.0
+        started = time.perf_counter()
+        reason = None
+        try:
+            score = await asyncio.wait_for(self.scorer.score(scorable_text(text, self.settings.max_prompt_chars)),
+                                           self.timeout_s)
+            if not math.isfinite(score):
+                reason = "bad_score"
+        except (asyncio.TimeoutError, httpx.TimeoutException):
+            reason = "timeout"
+        except httpx.TransportError:
+            reason = "unreachable"
+        except Exception:  # noqa: BLE001 - any predictor failure: the request goes on, neutral
+            reason = "error"
+        seconds = time.perf_counter() - started
+        self.metrics.score_seconds.observe(seconds)
+        if reason is not None:
+            self.metrics.fallbacks.labels(reason).inc()
+            return NEUTRAL_QUANTILE, FALLBACK, seconds * 1000
+        return self.window.observe(score), SCORED, seconds * 1000

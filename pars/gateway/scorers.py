@@ -1,0 +1,159 @@
+"""Prompt scorers for the gateway: the predictor service over HTTP, the ranker in-process, or none.
+
+Both real scorers share forward passes between concurrent arrivals: the remote one gathers prompts for
+GATEWAY_GATHER_MS into one /score_batch call; the in-process one hands them to the service's own
+DynamicBatcher. The caller bounds the wait (GATEWAY_PREDICTOR_TIMEOUT_MS) and falls back on any error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import httpx
+
+from pars.gateway.settings import GatewaySettings
+
+log = logging.getLogger("pars.gateway")
+
+
+class Scorer(Protocol):
+    async def start(self) -> None: ...
+
+    async def score(self, text: str) -> float: ...
+
+    async def close(self) -> None: ...
+
+
+class ScorerError(Exception):
+    """The predictor answered, but not with a score for this prompt."""
+
+
+class RemoteScorer:
+    """The predictor service's /score_batch; prompts that arrive within `gather_s` of the first share a call.
+
+    Calls are not serialized: while one is in flight the next group gathers, so a slow predictor delays
+    only the requests waiting on it (and those fall back at their timeout)."""
+
+    def __init__(self, url: str, timeout_s: float, gather_s: float, max_batch: int,
+                 api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # The timeout of one call is the caller's own: nobody waits on the answer longer than that.
+        self.client = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s, transport=transport,
+                                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+        self.gather_s = gather_s
+        self.max_batch = max_batch
+        self._pending: list[tuple[str, asyncio.Future[float]]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._calls: set[asyncio.Task] = set()
+        self.calls_made = 0  # /score_batch calls, for tests and the health answer
+
+    async def start(self) -> None:
+        pass
+
+    async def score(self, text: str) -> float:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[float] = loop.create_future()
+        self._pending.append((text, future))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.gather_s, self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._pending = self._pending, []
+        batch = [(t, f) for t, f in batch if not f.done()]  # callers that gave up while gathering
+        if batch:
+            task = asyncio.get_running_loop().create_task(self._call(batch))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+
+    async def _call(self, batch: list[tuple[str, asyncio.Future[float]]]) -> None:
+        self.calls_made += 1
+        try:
+            response = await self.client.post("/score_batch", json={"prompts": [t for t, _ in batch]})
+            response.raise_for_status()
+            scores = response.json()["scores"]
+            if not isinstance(scores, list) or len(scores) != len(batch):
+                raise ScorerError(f"/score_batch answered {len(scores)} scores for {len(batch)} prompts")
+        except Exception as exc:  # noqa: BLE001 - every waiting request falls back on it
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), value in zip(batch, scores, strict=True):
+            if not future.done():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    future.set_result(float(value))
+                else:
+                    future.set_exception(ScorerError(f"/score_batch answered a non-number score: {value!r}"))
+
+    async def close(self) -> None:
+        self._flush()
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
+        await self.client.aclose()
+
+
+class LocalScorer:
+    """The ranker in this process, loaded as the predictor service loads it (PREDICTOR_* settings) and fed
+    through the service's DynamicBatcher and InferenceEngine, so concurrent arrivals share forward passes."""
+
+    def __init__(self, predictor_settings=None) -> None:  # pars.serving.settings.Settings; None: from env
+        self._settings = predictor_settings
+        self.engine = None
+        self.runner = None
+        self._tokenizer_thread: ThreadPoolExecutor | None = None
+
+    async def start(self) -> None:
+        # Imported here: the remote and neutral gateways need neither torch nor the model code.
+        import torch
+        from starlette.concurrency import run_in_threadpool
+
+        from pars.serving.app import DTYPES, load_scorer
+        from pars.serving.batcher import DynamicBatcher, InferenceEngine
+        from pars.serving.observability import Metrics
+        from pars.serving.settings import Settings
+
+        s = self._settings if self._settings is not None else Settings()
+        torch.set_num_threads(s.threads())
+        scorer = await run_in_threadpool(load_scorer, s)
+        metrics = Metrics()
+        self.engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, DTYPES[s.dtype],
+                                      s.forward_overhead_tokens)
+        self.runner = DynamicBatcher(self.engine, metrics, s.max_batch_size, s.max_batch_tokens,
+                                     s.max_wait_ms / 1000, s.max_queue_prompts)
+        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-gateway-tokenize")
+        self.runner.start()
+        if s.warmup:  # before the gateway takes requests: the first ones would otherwise all time out
+            await self.engine.run(self.engine.warm_up)
+
+    async def score(self, text: str) -> float:
+        ids = await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, self.engine.encode, [text])
+        (value,) = await self.runner.score(ids)
+        return value
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.close()
+        if self.engine is not None:
+            self.engine.close()
+        if self._tokenizer_thread is not None:
+            self._tokenizer_thread.shutdown(wait=True)
+
+
+def make_scorer(settings: GatewaySettings, predictor_settings=None) -> Scorer | None:
+    """None for GATEWAY_SCORER=none: the caller then skips scoring (no fallback counted)."""
+    if settings.scorer == "remote":
+        key = settings.predictor_api_key.get_secret_value() if settings.predictor_api_key else None
+        return RemoteScorer(settings.predictor_url, settings.predictor_timeout_ms / 1000, settings.gather_ms / 1000,
+                            settings.max_batch_prompts, api_key=key)
+    if settings.scorer == "local":
+        return LocalScorer(predictor_settings)
+    return None

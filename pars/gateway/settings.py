@@ -1,0 +1,48 @@
+"""Gateway settings, read once from GATEWAY_* environment variables at start-up."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", protected_namespaces=())
+
+    # Where requests go: the vLLM OpenAI server (`--scheduling-policy priority`).
+    upstream_url: str = "http://127.0.0.1:8000"
+    # None: no timeout while waiting for the upstream's next bytes. A queued request on a busy vLLM
+    # can wait minutes before its first byte; a timeout here would turn that wait into an error.
+    upstream_read_timeout_s: float | None = Field(default=None, gt=0)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # None: unlimited. A pool limit would queue requests inside the gateway, in arrival order, where
+    # vLLM's priority scheduler cannot see them.
+    upstream_max_connections: int | None = Field(default=None, ge=1)
+
+    # How prompts are scored. remote: the predictor service's /score_batch; local: the ranker in this
+    # process (configured by the service's own PREDICTOR_* variables); none: every request neutral
+    # (priority = arrival time: FCFS through the gateway, for baselines).
+    scorer: Literal["remote", "local", "none"] = "remote"
+    predictor_url: str = "http://127.0.0.1:8001"
+    predictor_api_key: SecretStr | None = None  # sent as `Authorization: Bearer <key>` to the predictor
+    # A request whose score is not back within this goes upstream with the neutral priority.
+    predictor_timeout_ms: float = Field(default=50.0, gt=0)
+    gather_ms: float = Field(default=2.0, ge=0)  # remote: wait this long for company before one /score_batch
+    max_batch_prompts: int = Field(default=64, ge=1)  # remote: prompts per /score_batch call
+    # Only the start of a prompt is scored (the ranker reads its first max_length tokens anyway).
+    max_prompt_chars: int = Field(default=8192, ge=1)
+
+    # A client's own `priority` field: respect (kept, not scored), override (replaced by the gateway's),
+    # offset (added to the gateway's: moves the request by that many milliseconds of arrival time).
+    client_priority: Literal["respect", "override", "offset"] = "respect"
+
+    # Starvation guard (pars/gateway/priority.py): priority = arrival_ms + round(W_ms * quantile).
+    # Only requests arriving within W after a request can overtake it. 0: FCFS; large: shortest-first.
+    fairness_window_s: float = Field(default=10.0, ge=0)
+    quantile_window: int = Field(default=1000, ge=1)  # recent scores the quantile is taken among
+
+    # Bind address of `python scripts/pars_gateway.py` (with uvicorn's CLI, use --host/--port).
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)

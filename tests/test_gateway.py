@@ -1,0 +1,506 @@
+"""The gateway (pars/gateway) between a client and a stand-in upstream that records what it receives.
+
+The upstream and the stand-in predictor are tiny Starlette apps served by uvicorn on loopback, in
+threads of this process; so is the gateway. Nothing here depends on timing: the streaming test waits on
+an event the client sets, not on a clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import uvicorn
+from serving_helpers import free_port
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pars.gateway.app import create_app
+from pars.gateway.body import parse_object, with_priority
+from pars.gateway.metrics import GatewayMetrics
+from pars.gateway.policy import Prioritizer
+from pars.gateway.priority import PriorityClock, QuantileWindow, max_overtake_ms
+from pars.gateway.prompts import chat_text, completion_text
+from pars.gateway.scorers import RemoteScorer
+from pars.gateway.settings import GatewaySettings
+
+BIG_WINDOW_S = 1000.0  # W = 1e6 ms: arrival-time differences inside a test are negligible beside it
+SSE_EVENTS = 5
+
+
+@contextmanager
+def serve(app):
+    """`app` under uvicorn on a free loopback port, in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+class Upstream:
+    """Stands in for vLLM's OpenAI server: records every request, answers completions with JSON or SSE."""
+
+    def __init__(self) -> None:
+        self.received: list[dict] = []
+        self.client_saw_first = threading.Event()
+        self.first_seen_before_last: bool | None = None
+        self.app = Starlette(routes=[Route("/{path:path}", self.handle,
+                                           methods=["GET", "POST", "PUT", "DELETE", "PATCH"])])
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.body()
+        self.received.append({"method": request.method, "path": request.url.path, "query": request.url.query,
+                              "headers": dict(request.headers), "body": body})
+        path = request.url.path
+        if path in ("/v1/completions", "/v1/chat/completions") and request.method == "POST":
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                return JSONResponse({"error": {"message": "bad json"}}, status_code=400)
+            if parsed.get("stream"):
+                return StreamingResponse(self.events(), media_type="text/event-stream")
+            return JSONResponse({"object": "text_completion", "priority_seen": parsed.get("priority")},
+                                headers={"x-upstream": "vllm-ish"})
+        if path == "/v1/models":
+            return JSONResponse({"data": [{"id": "tiny"}], "query": request.url.query},
+                                headers={"x-upstream": "vllm-ish"})
+        if path == "/health":
+            return Response(status_code=200)
+        if path == "/echo":
+            return Response(body, status_code=201, media_type="application/octet-stream")
+        return JSONResponse({"detail": "Not Found"}, status_code=404)
+
+    async def events(self):
+        for i in range(SSE_EVENTS - 1):
+            yield f'data: {{"i": {i}}}\n\n'.encode()
+            await asyncio.sleep(0.01)
+        # The last event waits until the client has read the first one through the gateway: a gateway
+        # that buffered the answer would leave this waiting until the timeout.
+        self.first_seen_before_last = await asyncio.to_thread(self.client_saw_first.wait, 10)
+        yield f'data: {{"i": {SSE_EVENTS - 1}}}\n\n'.encode()
+        yield b"data: [DONE]\n\n"
+
+    def last(self) -> dict:
+        return self.received[-1]
+
+
+class Predictor:
+    """Stands in for the predictor service's /score_batch: score = prompt length in characters."""
+
+    def __init__(self) -> None:
+        self.mode = "ok"
+        self.calls: list[list[str]] = []
+        self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"])])
+
+    async def score_batch(self, request: Request) -> Response:
+        prompts = (await request.json())["prompts"]
+        self.calls.append(prompts)
+        if self.mode == "slow":
+            await asyncio.sleep(1.0)
+        if self.mode == "error":
+            return JSONResponse({"error": "internal_error", "message": "boom"}, status_code=500)
+        return JSONResponse({"prompts": prompts, "scores": [float(len(p)) for p in prompts]})
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    stand_in = Upstream()
+    with serve(stand_in.app) as url:
+        stand_in.url = url
+        yield stand_in
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    stand_in = Predictor()
+    with serve(stand_in.app) as url:
+        stand_in.url = url
+        yield stand_in
+
+
+@pytest.fixture()
+def gateway(upstream, predictor):
+    """A factory: a gateway with the given settings, in front of the stand-ins."""
+    predictor.mode = "ok"
+
+    @contextmanager
+    def make(**overrides):
+        values = {"upstream_url": upstream.url, "predictor_url": predictor.url, "predictor_timeout_ms": 5000,
+                  "gather_ms": 0, "fairness_window_s": BIG_WINDOW_S, **overrides}
+        with serve(create_app(GatewaySettings(**values))) as url:
+            yield url
+
+    return make
+
+
+def complete(url: str, prompt, **fields) -> httpx.Response:
+    response = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": prompt, **fields}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response
+
+
+def calibrate(url: str) -> None:
+    """Fill the quantile window with scores 10..100, so later prompts get quantiles spread over [0, 1]."""
+    for n in range(10, 101, 10):
+        complete(url, "x" * n)
+
+
+def sent_priority(upstream: Upstream) -> int:
+    return json.loads(upstream.last()["body"])["priority"]
+
+
+# ---------------------------------------------------------------- through HTTP: priorities
+
+
+def test_longer_predicted_prompt_gets_larger_priority_even_when_it_arrives_first(gateway, upstream):
+    with gateway() as url:
+        calibrate(url)
+        long_reply = complete(url, "y" * 95)
+        long_priority = sent_priority(upstream)
+        short_reply = complete(url, "y" * 15)
+        short_priority = sent_priority(upstream)
+    assert short_priority < long_priority  # the later, shorter request is served first
+    assert int(long_reply.headers["x-pars-priority"]) == long_priority
+    assert int(short_reply.headers["x-pars-priority"]) == short_priority
+    assert long_reply.headers["x-pars-priority-source"] == "scored"
+    assert float(short_reply.headers["x-pars-score-ms"]) >= 0
+    assert long_reply.json()["priority_seen"] == long_priority  # the upstream's answer came back as is
+
+
+def test_body_forwarded_byte_for_byte_but_priority(gateway, upstream):
+    raw = ('  {"model" :"tiny",\n "prompt": "caf\\u00e9 \u00e9t\u00e9 \\ud83d\\ude00", "temperature": 1.00,'
+           ' "max_tokens": 1e2, "extra": {"priority": 3, "nested": [1, 2.50, null]}, "logit_bias": {}}  ').encode()
+    headers = {"content-type": "application/json", "authorization": "Bearer sk-test", "x-request-id": "r-1"}
+    with gateway() as url:
+        response = httpx.post(url + "/v1/completions?trace=1", content=raw, headers=headers)
+    assert response.status_code == 200
+    got = upstream.last()
+    priority = int(response.headers["x-pars-priority"])
+    at = raw.index(b"{") + 1
+    assert got["body"] == raw[:at] + f'"priority": {priority}, '.encode() + raw[at:]
+    assert got["query"] == "trace=1"
+    assert got["headers"]["authorization"] == "Bearer sk-test" and got["headers"]["x-request-id"] == "r-1"
+    assert got["headers"]["content-length"] == str(len(got["body"]))
+    assert response.headers["x-upstream"] == "vllm-ish" and response.headers["content-type"] == "application/json"
+
+
+def test_chat_scores_the_last_user_message_text(gateway, upstream, predictor):
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first question"},
+                {"role": "assistant", "content": "an answer"},
+                {"role": "user", "content": [{"type": "text", "text": "part one"},
+                                             {"type": "image_url", "image_url": {"url": "data:,"}},
+                                             {"type": "text", "text": "part two"}]}]
+    with gateway() as url:
+        before = len(predictor.calls)
+        response = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "messages": messages})
+    assert response.status_code == 200 and response.headers["x-pars-priority-source"] == "scored"
+    assert predictor.calls[before:] == [["part one\npart two"]]
+    sent = json.loads(upstream.last()["body"])
+    assert sent["messages"] == messages and sent["priority"] == int(response.headers["x-pars-priority"])
+
+
+def test_token_id_prompt_is_forwarded_neutral_without_scoring(gateway, upstream, predictor):
+    with gateway() as url:
+        before = len(predictor.calls)
+        response = complete(url, [[1, 2, 3]])
+    assert len(predictor.calls) == before
+    assert response.headers["x-pars-priority-source"] == "unscorable"
+    assert_neutral(sent_priority(upstream))
+
+
+def assert_neutral(priority: int) -> None:
+    """Neutral: quantile 0.5, so W/2 plus the arrival time (ms since the gateway started, < 60 s here)."""
+    half = BIG_WINDOW_S * 1000 / 2
+    assert half <= priority <= half + 60_000
+
+
+# ---------------------------------------------------------------- streams and pass-through
+
+
+def test_sse_stream_relayed_chunk_by_chunk(gateway, upstream):
+    upstream.client_saw_first.clear()
+    upstream.first_seen_before_last = None
+    events = []
+    with gateway() as url, httpx.stream("POST", url + "/v1/completions", timeout=30,
+                                        json={"model": "tiny", "prompt": "tell a story", "stream": True}) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        assert r.headers["x-pars-priority-source"] == "scored"
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[len("data: "):])
+                upstream.client_saw_first.set()
+    assert upstream.first_seen_before_last is True  # the first event arrived before the last was sent
+    assert events == [json.dumps({"i": i}) for i in range(SSE_EVENTS)] + ["[DONE]"]
+
+
+def test_other_routes_pass_through(gateway, upstream):
+    with gateway() as url:
+        models = httpx.get(url + "/v1/models?limit=2")
+        assert models.status_code == 200 and models.json() == {"data": [{"id": "tiny"}], "query": "limit=2"}
+        assert models.headers["x-upstream"] == "vllm-ish" and "x-pars-priority" not in models.headers
+        assert upstream.last()["method"] == "GET" and upstream.last()["body"] == b""
+        assert httpx.get(url + "/health").status_code == 200
+        missing = httpx.get(url + "/v1/nothing-here")
+        assert missing.status_code == 404 and missing.json() == {"detail": "Not Found"}
+        payload = bytes(range(256)) * 100
+        echoed = httpx.put(url + "/echo", content=payload)
+        assert echoed.status_code == 201 and echoed.content == payload and upstream.last()["body"] == payload
+        # GET on a scored path, and a POST whose body is not JSON, go through untouched
+        assert httpx.get(url + "/v1/completions").status_code == 404
+        bad = httpx.post(url + "/v1/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert bad.status_code == 400 and upstream.last()["body"] == b"{not json"
+        assert bad.headers["x-pars-priority-source"] == "unparsed"
+
+
+def test_gateway_own_endpoints(gateway):
+    with gateway(fairness_window_s=2.5) as url:
+        complete(url, "hello")
+        health = httpx.get(url + "/gateway/health").json()
+        metrics = httpx.get(url + "/gateway/metrics").text
+    assert health["status"] == "ok" and health["max_overtake_ms"] == 2501.0 and health["scores_in_window"] == 1
+    assert 'pars_gateway_requests_total{source="scored"} 1.0' in metrics
+
+
+def test_upstream_down_is_a_502_from_the_gateway(predictor):
+    settings = GatewaySettings(upstream_url=f"http://127.0.0.1:{free_port()}", predictor_url=predictor.url)
+    with serve(create_app(settings)) as url:
+        response = httpx.post(url + "/v1/completions", json={"prompt": "hi"})
+    assert response.status_code == 502 and response.json()["error"]["type"] == "bad_gateway"
+
+
+# ---------------------------------------------------------------- predictor failures and client priorities
+
+
+@pytest.mark.parametrize("failure", ["down", "slow", "error"])
+def test_predictor_failure_falls_back_to_neutral(gateway, upstream, predictor, failure):
+    overrides = {"predictor_timeout_ms": 100}
+    if failure == "down":
+        overrides["predictor_url"] = f"http://127.0.0.1:{free_port()}"
+    predictor.mode = failure if failure != "down" else "ok"
+    with gateway(**overrides) as url:
+        response = complete(url, "a prompt the predictor will not score")
+        health = httpx.get(url + "/gateway/health").json()
+    assert response.headers["x-pars-priority-source"] == "fallback"
+    assert response.json()["priority_seen"] == sent_priority(upstream)
+    assert_neutral(sent_priority(upstream))
+    assert health["fallbacks"] == 1
+
+
+def test_client_priority_respected_by_default(gateway, upstream, predictor):
+    raw = b'{"model": "tiny", "prompt": "hello there", "priority": -7}'
+    with gateway() as url:
+        before = len(predictor.calls)
+        response = httpx.post(url + "/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert upstream.last()["body"] == raw and len(predictor.calls) == before
+    assert response.headers["x-pars-priority"] == "-7" and response.headers["x-pars-priority-source"] == "client"
+
+
+def test_client_priority_overridden(gateway, upstream):
+    with gateway(client_priority="override") as url:
+        response = complete(url, "hello there", priority=-7)
+    assert response.headers["x-pars-priority-source"] == "scored"
+    assert sent_priority(upstream) == int(response.headers["x-pars-priority"]) != -7
+
+
+def test_client_priority_offset(gateway, upstream):
+    with gateway(client_priority="offset", fairness_window_s=0) as url:
+        plain = complete(url, "hello there")
+        shifted = complete(url, "hello there", priority=-100_000)
+    assert int(shifted.headers["x-pars-priority"]) == sent_priority(upstream)
+    assert int(shifted.headers["x-pars-priority"]) < int(plain.headers["x-pars-priority"]) - 50_000
+
+
+def test_in_process_ranker_orders_like_direct_scores(upstream, tiny_model_dir, checkpoint, direct):
+    from pars.serving.settings import Settings
+
+    predictor_settings = Settings(model_path=str(checkpoint), model_name=str(tiny_model_dir), device="cpu",
+                                  warmup=False, num_threads=1)
+    settings = GatewaySettings(upstream_url=upstream.url, scorer="local", predictor_timeout_ms=10_000,
+                               fairness_window_s=BIG_WINDOW_S)
+    words = "write a long detailed essay about the history of rome with many steps and code yes no".split()
+    prompts = [" ".join(words[: n]) for n in range(1, len(words) + 1)]
+    scores = dict(zip(prompts, direct.score(prompts), strict=True))
+    longest, shortest = max(prompts, key=scores.__getitem__), min(prompts, key=scores.__getitem__)
+    with serve(create_app(settings, predictor_settings)) as url:
+        for p in prompts:  # calibration: the window then holds every prompt's score
+            complete(url, p)
+        long_reply, short_reply = complete(url, longest), complete(url, shortest)
+    assert long_reply.headers["x-pars-priority-source"] == short_reply.headers["x-pars-priority-source"] == "scored"
+    assert int(short_reply.headers["x-pars-priority"]) < int(long_reply.headers["x-pars-priority"])
+
+
+class FakeScorer:
+    async def score(self, text: str) -> float:
+        return float(len(text))
+
+
+def test_prioritizer_priorities_follow_scores():
+    """All arrivals at t = 0: the priority is W * quantile, and its order is the score order."""
+    settings = GatewaySettings(fairness_window_s=BIG_WINDOW_S, quantile_window=2000)
+    prioritizer = Prioritizer(settings, FakeScorer(), GatewayMetrics(), PriorityClock(BIG_WINDOW_S, lambda: 0.0))
+    for i in range(1000):  # calibration: 1,000 scores spread over [0, 130): about 38 between test scores
+        prioritizer.window.add(i * 0.13)
+    lengths = list(range(5, 125, 5))
+    random.Random(0).shuffle(lengths)
+
+    async def main():
+        return {n: (await prioritizer.assign("/v1/completions", json.dumps({"prompt": "x" * n}).encode(), 0.0))
+                for n in lengths}
+
+    got = asyncio.run(main())
+    assert all(a.source == "scored" for a in got.values())
+    by_score = [got[n].priority for n in sorted(lengths)]
+    assert by_score == sorted(by_score) and len(set(by_score)) == len(by_score)
+
+
+# ---------------------------------------------------------------- units: batching, body, prompts
+
+
+def test_remote_scorer_batches_concurrent_arrivals():
+    calls = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        prompts = json.loads(request.content)["prompts"]
+        calls.append(prompts)
+        return httpx.Response(200, json={"prompts": prompts, "scores": [len(p) for p in prompts]})
+
+    async def main():
+        scorer = RemoteScorer("http://predictor", timeout_s=5, gather_s=0.5, max_batch=64,
+                              transport=httpx.MockTransport(handler))
+        try:
+            return await asyncio.gather(*(scorer.score("p" * n) for n in range(1, 6)))
+        finally:
+            await scorer.close()
+
+    assert asyncio.run(main()) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert calls == [["p", "pp", "ppp", "pppp", "ppppp"]]
+
+
+def test_remote_scorer_splits_at_max_batch():
+    calls = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        prompts = json.loads(request.content)["prompts"]
+        calls.append(len(prompts))
+        return httpx.Response(200, json={"prompts": prompts, "scores": [0.0] * len(prompts)})
+
+    async def main():
+        scorer = RemoteScorer("http://predictor", timeout_s=5, gather_s=10, max_batch=3,
+                              transport=httpx.MockTransport(handler))
+        try:
+            await asyncio.gather(*(scorer.score("p") for _ in range(6)))
+        finally:
+            await scorer.close()
+
+    asyncio.run(main())
+    assert calls == [3, 3]  # full groups go at once, without waiting out the 10 s gathering window
+
+
+def test_body_with_priority_replaces_every_top_level_priority_only():
+    raw = b'{"priority": 5, "x": {"priority": 1}, "priority" :\t9 }'
+    assert with_priority(parse_object(raw), -3) == b'{"priority": -3, "x": {"priority": 1}, "priority" :\t-3 }'
+    assert with_priority(parse_object(b" {} "), 4) == b' {"priority": 4} '
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b'{"a": 1', b'{"a": 1} x', b'{"a" 1}', b"{,}", b"\xff{}", b""])
+def test_body_that_is_not_one_json_object_is_left_alone(raw):
+    assert parse_object(raw) is None
+
+
+def test_parse_object_reads_values_as_json_loads():
+    raw = b'{"a": 1.50, "b": [true, null], "a": "last wins", "c": {"d": "\\u00e9"}}'
+    assert parse_object(raw).value == json.loads(raw)
+
+
+def test_prompt_extraction():
+    assert completion_text({"prompt": "hi"}) == "hi"
+    assert completion_text({"prompt": ["first", "second"]}) == "first"
+    assert completion_text({"prompt": [1, 2, 3]}) is None and completion_text({"prompt": []}) is None
+    assert completion_text({}) is None
+    assert chat_text({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}) == "a"
+    assert chat_text({"messages": [{"role": "system", "content": "s"}]}) is None
+    assert chat_text({"messages": "nope"}) is None
+
+
+def test_prioritizer_unscored_mode_is_fcfs():
+    now = [0.0]
+    settings = GatewaySettings(scorer="none", fairness_window_s=10)
+    prioritizer = Prioritizer(settings, None, GatewayMetrics(), PriorityClock(10, clock=lambda: now[0]))
+
+    async def main():
+        return [(await prioritizer.assign("/v1/completions", b'{"prompt": "x"}', t)).priority for t in (0, 3, 7)]
+
+    assert asyncio.run(main()) == [5000, 5003, 5007]
+
+
+# ---------------------------------------------------------------- units: the starvation guard
+
+
+def test_quantile_is_scale_free_and_neutral_when_empty():
+    a, b = QuantileWindow(100), QuantileWindow(100)
+    assert a.quantile(3.0) == 0.5
+    scores = [random.Random(1).gauss(0, 1) for _ in range(50)]
+    qa = [a.observe(s) for s in scores]
+    qb = [b.observe(1000 * s - 7) for s in scores]
+    assert qa == qb
+    assert a.quantile(max(scores) + 1) == 1.0 and a.quantile(min(scores) - 1) == 0.0
+
+
+def test_quantile_window_slides():
+    w = QuantileWindow(3)
+    for s in (1.0, 2.0, 3.0, 10.0, 11.0, 12.0):
+        w.add(s)
+    assert len(w) == 3 and w.quantile(5.0) == 0.0  # 1, 2, 3 have left the window
+
+
+def served_order(requests: list[tuple[float, float]], window_s: float) -> list[int]:
+    """Indices in vLLM's order (lowest priority, then earliest arrival), all requests waiting together."""
+    clock = PriorityClock(window_s, clock=lambda: 0.0)
+    keyed = [(clock.priority(t, q), t, i) for i, (t, q) in enumerate(requests)]
+    return [i for _, _, i in sorted(keyed)]
+
+
+@pytest.mark.parametrize("window_s", [0.0, 0.05, 1.0, 30.0])
+def test_no_request_is_overtaken_by_one_arriving_more_than_the_window_later(window_s):
+    rng = random.Random(int(window_s * 100))
+    requests = [(rng.uniform(0, 60_000), rng.random()) for _ in range(400)]
+    order = served_order(requests, window_s)
+    position = {i: k for k, i in enumerate(order)}
+    bound = max_overtake_ms(window_s)
+    overtakes = 0
+    for i, (t_i, _) in enumerate(requests):
+        for j, (t_j, _) in enumerate(requests):
+            if t_j > t_i and position[j] < position[i]:
+                overtakes += 1
+                assert t_j - t_i < bound
+    if window_s >= 1.0:
+        assert overtakes > 0  # the guard still lets short jobs go first inside the window
+
+
+def test_window_zero_is_fcfs_and_large_window_is_shortest_first():
+    requests = [(float(t), q) for t, q in zip(range(0, 100, 10), (0.9, 0.1, 0.5, 0.3, 0.7, 0.0, 1.0, 0.2, 0.8, 0.4),
+                                              strict=True)]
+    assert served_order(requests, 0.0) == list(range(10))
+    by_q = sorted(range(10), key=lambda i: requests[i][1])
+    assert served_order(requests, 1e6) == by_q
+    # W = 20 ms, arrivals 10 ms apart: only neighbours within 20 ms trade places
+    assert served_order(requests, 0.02) == [1, 0, 2, 3, 5, 4, 7, 6, 8, 9]
