@@ -395,6 +395,38 @@ def test_remote_scorer_batches_concurrent_arrivals():
     assert calls == [["p", "pp", "ppp", "pppp", "ppppp"]]
 
 
+def test_remote_scorer_sends_at_once_when_idle_and_gathers_while_busy():
+    calls, release = [], None
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        prompts = json.loads(request.content)["prompts"]
+        calls.append(prompts)
+        if len(calls) == 1:
+            await release.wait()  # the first call stays in flight while the others arrive
+        return httpx.Response(200, json={"prompts": prompts, "scores": [0.0] * len(prompts)})
+
+    async def main():
+        nonlocal release
+        release = asyncio.Event()
+        # gather_s = 60: only the batch-size limit can send the second group before the test times out
+        scorer = RemoteScorer("http://predictor", timeout_s=5, gather_s=60, max_batch=3,
+                              transport=httpx.MockTransport(handler))
+        first = asyncio.ensure_future(scorer.score("a"))
+        while not calls:
+            await asyncio.sleep(0)
+        rest = []
+        for p in "bcd":
+            rest.append(asyncio.ensure_future(scorer.score(p)))
+            await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*rest), 30)
+        release.set()
+        await first
+        await scorer.close()
+
+    asyncio.run(main())
+    assert calls == [["a"], ["b", "c", "d"]]
+
+
 def test_remote_scorer_splits_at_max_batch():
     calls = []
 

@@ -32,7 +32,8 @@ class ScorerError(Exception):
 
 
 class RemoteScorer:
-    """The predictor service's /score_batch; prompts that arrive within `gather_s` of the first share a call.
+    """The predictor service's /score_batch; while a call is in flight, prompts that arrive within `gather_s`
+    of the first share the next call (with none in flight, a prompt goes at once, with its loop turn's company).
 
     Calls are not serialized: while one is in flight the next group gathers, so a slow predictor delays
     only the requests waiting on it (and those fall back at their timeout)."""
@@ -60,7 +61,9 @@ class RemoteScorer:
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = loop.call_later(self.gather_s, self._flush)
+            # Idle predictor: send on the next loop turn (still with everything that arrived in this one)
+            # rather than wait out the gathering window alone. Busy: gather while the calls run.
+            self._timer = loop.call_later(self.gather_s if self._calls else 0.0, self._flush)
         return await future
 
     def _flush(self) -> None:

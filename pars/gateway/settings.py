@@ -29,7 +29,8 @@ class GatewaySettings(BaseSettings):
     predictor_api_key: SecretStr | None = None  # sent as `Authorization: Bearer <key>` to the predictor
     # A request whose score is not back within this goes upstream with the neutral priority.
     predictor_timeout_ms: float = Field(default=50.0, gt=0)
-    gather_ms: float = Field(default=2.0, ge=0)  # remote: wait this long for company before one /score_batch
+    # remote: while a /score_batch call is in flight, gather new prompts this long for the next call
+    gather_ms: float = Field(default=2.0, ge=0)
     max_batch_prompts: int = Field(default=64, ge=1)  # remote: prompts per /score_batch call
     # Only the start of a prompt is scored (the ranker reads its first max_length tokens anyway).
     max_prompt_chars: int = Field(default=8192, ge=1)
