@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -17,7 +20,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 import uvicorn
-from serving_helpers import free_port
+from serving_helpers import ROOT, free_port
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -285,6 +288,15 @@ def test_upstream_down_is_a_502_from_the_gateway(predictor):
     with serve(create_app(settings)) as url:
         response = httpx.post(url + "/v1/completions", json={"prompt": "hi"})
     assert response.status_code == 502 and response.json()["error"]["type"] == "bad_gateway"
+
+
+def test_bad_setting_stops_startup_with_one_line():
+    proc = subprocess.run([sys.executable, "-m", "uvicorn", "scripts.pars_gateway:app", "--port", str(free_port())],
+                          cwd=ROOT / "predictor_serving", env={**os.environ, "GATEWAY_CLIENT_PRIORITY": "ignore"},
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "PARS gateway cannot start" in ln]
+    assert len(lines) == 1 and "GATEWAY_CLIENT_PRIORITY" in lines[0]
 
 
 # ---------------------------------------------------------------- predictor failures and client priorities

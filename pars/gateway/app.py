@@ -65,7 +65,8 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
                 await scorer.start()
         except ValidationError as exc:
             err = exc.errors()[0]
-            app.state.startup_error = f"bad setting {str(err['loc'][0]).upper()}: {err['msg']}"
+            prefix = "GATEWAY_" if exc.title == GatewaySettings.__name__ else "PREDICTOR_"  # local scorer's
+            app.state.startup_error = f"bad setting {prefix}{str(err['loc'][0]).upper()}: {err['msg']}"
             raise
         except PARSError as exc:
             app.state.startup_error = str(exc)
