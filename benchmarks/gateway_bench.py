@@ -171,7 +171,9 @@ def main() -> None:
                 "GATEWAY_PREDICTOR_TIMEOUT_MS": str(args.predictor_timeout_ms)}
         gateways = {"neutral": {**base, "GATEWAY_SCORER": "none"}, "scored": {**base, "GATEWAY_SCORER": "remote"}}
         if args.model_path and args.model_name:
-            gateways["ranker"] = {**base, "GATEWAY_SCORER": "local", "PREDICTOR_MODEL_PATH": args.model_path,
+            # The gateway runs in predictor_serving/: the checkpoint path must not be relative to here.
+            gateways["ranker"] = {**base, "GATEWAY_SCORER": "local",
+                                  "PREDICTOR_MODEL_PATH": str(Path(args.model_path).resolve()),
                                   "PREDICTOR_MODEL_NAME": args.model_name, "PREDICTOR_DEVICE": "cpu"}
         urls = {"direct": up_url}
         for name, env in gateways.items():
