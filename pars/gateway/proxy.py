@@ -12,9 +12,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 log = logging.getLogger("pars.gateway")
 
 # Hop-by-hop headers (RFC 9110 7.6.1) belong to one connection, not to the message; host and
-# content-length are set again by the HTTP client for the new connection and (possibly changed) body.
+# content-length are set again by the HTTP client for the new connection and (possibly changed) body;
+# `expect: 100-continue` was answered by the gateway's own server, and httpx sends bodies without waiting.
 _REQUEST_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
-                           b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length"})
+                           b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
+                           b"expect"})
 _RESPONSE_DROP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te",
                             b"trailer", b"trailers", b"transfer-encoding", b"upgrade"})
 
