@@ -26,7 +26,6 @@ import os
 import platform
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -35,24 +34,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import free_port, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    found = re.search(r"^VmRSS:\s+(\d+) kB", text, flags=re.M)
-    return int(found.group(1)) / 1024 if found else None
 
 
 def load_prompts(path: Path, limit: int | None, seed: int) -> list[str]:

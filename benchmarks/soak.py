@@ -29,8 +29,6 @@ import json
 import os
 import platform
 import random
-import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from _common import free_port, rss_mib
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,21 +50,6 @@ WORDS = ("write explain list summarize a short long detailed essay story poem co
 
 # (kind, weight); "bad" and "disconnect" are the deliberate faults.
 MIX = [("score", 40), ("score_batch", 20), ("compare", 15), ("compare_batch", 10), ("bad", 7), ("disconnect", 8)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    found = re.search(r"^VmRSS:\s+(\d+) kB", text, flags=re.M)
-    return int(found.group(1)) / 1024 if found else None
 
 
 def load_prompts(path: Path | None, seed: int) -> list[str]:

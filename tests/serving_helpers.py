@@ -6,12 +6,25 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Prompts of mixed lengths, for scoring tests (batched with strangers, alone, over HTTP).
+PROMPTS = [
+    "write a long detailed essay about the history of rome",
+    "yes",
+    "give me python code for a proof",
+    "explain why",
+    "list many steps for a short story about math with a poem and code and a detailed proof of one answer",
+    "no",
+    "summarize the history",
+    "what is a function in python and how do i write one with many steps",
+]
 
 
 def free_port() -> int:
@@ -20,14 +33,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
+class ServerProcess(subprocess.Popen):
+    """The server, its output going to a temporary file rather than a pipe: a pipe holds 64 KiB, and a
+    server whose log pipe is full blocks on its next log line, event loop and all. `stdout.read()` gives
+    the output so far; `communicate()` waits for the exit and gives all of it."""
+
+    def communicate(self, input=None, timeout=None):
+        self.wait(timeout)
+        return self.stdout.read(), None
+
+
+def start_server(env: dict[str, str]) -> tuple[ServerProcess, str]:
     port = free_port()
-    proc = subprocess.Popen(
+    log = tempfile.TemporaryFile("w+", encoding="utf-8")  # the server keeps its own handle
+    proc = ServerProcess(
         [sys.executable, "-m", "uvicorn", "scripts.serve_predictor_score:app", "--host", "127.0.0.1",
          "--port", str(port)],
-        cwd=ROOT / "predictor_serving", env={**os.environ, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT / "predictor_serving", env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
     )
+    # A second handle of the same file, with its own offset: reads see what the server wrote so far.
+    proc.stdout = open(f"/proc/self/fd/{log.fileno()}", encoding="utf-8", errors="replace")
+    log.close()
     return proc, f"http://127.0.0.1:{port}"
 
 

@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serving_helpers import start_server, wait_ready
+from serving_helpers import PROMPTS, start_server, wait_ready
 from transformers import AutoTokenizer
 
 from pars.backends import GRAPH_FILE, cache_key, load_onnx_ranker
@@ -15,18 +15,6 @@ from pars.model import PairwiseRanker, load_ranker, save_checkpoint
 from pars.scoring import PromptScorer
 
 pytest.importorskip("onnxruntime")
-
-PROMPTS = [
-    "write a long detailed essay about the history of rome",
-    "yes",
-    "give me python code for a proof",
-    "explain why",
-    "list many steps for a short story about math with a poem and code and a detailed proof of one answer",
-    "no",
-    "summarize the history",
-    "what is a function in python and how do i write one with many steps",
-]
-
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):

@@ -16,21 +16,11 @@ import time
 
 import httpx
 import pytest
-from serving_helpers import start_server, wait_ready
+from serving_helpers import PROMPTS, start_server, wait_ready
 
 from pars.scoring import PromptScorer
 from pars.serving.batcher import InferenceEngine, plan_sub_batches
 from pars.serving.observability import Metrics
-
-PROMPTS = [
-    "write a long detailed essay about the history of rome",
-    "yes",
-    "give me python code for a proof",
-    "explain why",
-    "list many steps for a short story about math with a poem and code and a detailed proof of one answer",
-    "no",
-    "summarize the history",
-]
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -1,0 +1,28 @@
+"""Helpers shared by the benchmark scripts (run as scripts, so this directory is on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process in MiB, or None once it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^VmRSS:\s+(\d+) kB", text, flags=re.M)
+    return int(found.group(1)) / 1024 if found else None
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
