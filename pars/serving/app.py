@@ -181,7 +181,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api_key = s.api_key.get_secret_value() if s.api_key is not None else ""
         app.state.api_key = api_key.encode() if api_key else None
         engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, DTYPES[s.dtype],
-                                 s.forward_overhead_tokens)
+                                 s.forward_overhead_tokens, heap_trim_interval_s=s.heap_trim_interval_s)
         if s.batching:
             runner = DynamicBatcher(engine, metrics, s.max_batch_size, s.max_batch_tokens, s.max_wait_ms / 1000,
                                     s.max_queue_prompts)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pars.scoring import PromptScorer
+from pars.serving.memory import HeapTrimmer
 from pars.serving.observability import Metrics
 
 # Fixed cost of one forward pass, in padded-token equivalents: how many padded tokens splitting a
@@ -72,7 +73,8 @@ class InferenceEngine:
     """The model on one dedicated thread; everything that touches it runs there, one call at a time."""
 
     def __init__(self, scorer: PromptScorer, metrics: Metrics, max_batch_size: int, max_batch_tokens: int,
-                 dtype: torch.dtype = torch.float32, overhead_tokens: int = FORWARD_OVERHEAD_TOKENS) -> None:
+                 dtype: torch.dtype = torch.float32, overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
+                 heap_trim_interval_s: float = 0.0) -> None:
         self.scorer = scorer
         self.overhead_tokens = overhead_tokens
         self.metrics = metrics
@@ -81,9 +83,17 @@ class InferenceEngine:
         self.dtype = dtype
         self.pad_id = scorer.pad_id
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-inference")
+        # Freed activation buffers otherwise stay resident (pars/serving/memory.py); CPU only: CUDA
+        # tensors are not malloc's.
+        self.heap = HeapTrimmer(heap_trim_interval_s if scorer.device.type == "cpu" else 0.0)
 
     async def run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        finally:
+            # On the inference thread too, but queued after this job: its caller need not wait for it.
+            if self.heap.due():
+                self.executor.submit(self.heap.maybe_trim)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids per prompt, truncated at max_length, unpadded (as PromptScorer.tokenize would)."""

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # Fixed cost of one forward pass in padded-token equivalents: a batch is split into length-sorted
     # sub-batches only where that saves more padded tokens than this per extra pass.
     forward_overhead_tokens: int = Field(default=128, ge=0)
+    # CPU: give freed heap memory back to the OS at most this often (glibc malloc_trim; 0: never), so
+    # RSS stays flat under ever-changing batch shapes (pars/serving/memory.py).
+    heap_trim_interval_s: float = Field(default=1.0, ge=0)
     max_wait_ms: float = Field(default=2.0, ge=0, le=60_000)  # gathering window after the first queued request
 
     # Limits.

@@ -1,0 +1,70 @@
+"""Heap trimming of the CPU server (pars/serving/memory.py): rate-limited, off the request's path."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from pars.serving import memory
+from pars.serving.batcher import InferenceEngine
+from pars.serving.memory import HeapTrimmer
+from pars.serving.observability import Metrics
+
+
+def test_glibc_malloc_trim_is_found_here():
+    # The machines this project runs on use glibc; without it the trimmer would silently do nothing.
+    assert memory._load_malloc_trim() is not None
+
+
+def test_trimmer_is_rate_limited(monkeypatch):
+    calls = []
+    clock = [100.0]
+    monkeypatch.setattr(memory, "_load_malloc_trim", lambda: calls.append)
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    trimmer = HeapTrimmer(interval_s=2.0)
+    assert not trimmer.maybe_trim() and calls == []
+    clock[0] += 2.0
+    assert trimmer.due() and trimmer.maybe_trim() and calls == [0]
+    assert not trimmer.maybe_trim()
+    clock[0] += 1.0
+    assert not trimmer.maybe_trim()
+    clock[0] += 1.0
+    assert trimmer.maybe_trim() and trimmer.trims == 2
+
+
+def test_interval_zero_never_trims():
+    trimmer = HeapTrimmer(interval_s=0.0)
+    assert not trimmer.enabled and not trimmer.due() and not trimmer.maybe_trim()
+
+
+@pytest.mark.parametrize("interval", [1e-9, 0.0])
+def test_engine_trims_on_its_thread_after_the_job(direct, monkeypatch, interval):
+    events: list[tuple[str, str]] = []
+
+    def fake_trim(pad: int) -> int:
+        events.append(("trim", threading.current_thread().name))
+        return 1
+
+    monkeypatch.setattr(memory, "_load_malloc_trim", lambda: fake_trim)
+    engine = InferenceEngine(direct, Metrics(), max_batch_size=8, max_batch_tokens=4096,
+                             heap_trim_interval_s=interval)
+
+    def job() -> list[float]:
+        events.append(("job", threading.current_thread().name))
+        return engine.score_ids(engine.encode(["a prompt", "another, longer prompt"]))
+
+    async def main() -> list[float]:
+        return await engine.run(job)
+
+    try:
+        scores = asyncio.run(main())
+    finally:
+        engine.close()  # waits for the queued trim
+    assert len(scores) == 2
+    if interval == 0.0:
+        assert [e for e, _ in events] == ["job"]
+    else:
+        assert [e for e, _ in events] == ["job", "trim"]
+        assert events[0][1] == events[1][1] and events[1][1].startswith("pars-inference")
