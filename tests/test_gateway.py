@@ -274,6 +274,23 @@ def test_other_routes_pass_through(gateway, upstream):
         assert bad.headers["x-pars-priority-source"] == "unparsed"
 
 
+def test_concurrent_requests_all_forwarded_with_their_own_priority(gateway, upstream, predictor):
+    prompts = [f"prompt number {i} " + "w" * (7 * i) for i in range(24)]
+
+    async def send_all(url):
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(client.post(url + "/v1/completions", json={"prompt": p, "stream": False})
+                                          for p in prompts))
+
+    with gateway() as url:
+        before, calls_before = len(upstream.received), len(predictor.calls)
+        replies = asyncio.run(send_all(url))
+    assert all(r.status_code == 200 and r.headers["x-pars-priority-source"] == "scored" for r in replies)
+    got = {json.loads(r["body"])["prompt"]: json.loads(r["body"])["priority"] for r in upstream.received[before:]}
+    assert got == {p: int(r.headers["x-pars-priority"]) for p, r in zip(prompts, replies, strict=True)}
+    assert sorted(q for call in predictor.calls[calls_before:] for q in call) == sorted(prompts)
+
+
 def test_gateway_own_endpoints(gateway):
     with gateway(fairness_window_s=2.5) as url:
         complete(url, "hello")
