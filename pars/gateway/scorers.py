@@ -129,7 +129,7 @@ class LocalScorer:
         scorer = await run_in_threadpool(load_scorer, s)
         metrics = Metrics()
         self.engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, DTYPES[s.dtype],
-                                      s.forward_overhead_tokens)
+                                      s.forward_overhead_tokens, heap_trim_interval_s=s.heap_trim_interval_s)
         self.runner = DynamicBatcher(self.engine, metrics, s.max_batch_size, s.max_batch_tokens,
                                      s.max_wait_ms / 1000, s.max_queue_prompts)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-gateway-tokenize")
