@@ -119,8 +119,8 @@ class LocalScorer:
         import torch
         from starlette.concurrency import run_in_threadpool
 
-        from pars.serving.app import DTYPES, load_scorer
-        from pars.serving.batcher import DynamicBatcher, InferenceEngine
+        from pars.serving.app import load_scorer
+        from pars.serving.batcher import build_runner
         from pars.serving.observability import Metrics
         from pars.serving.settings import Settings
 
@@ -128,10 +128,7 @@ class LocalScorer:
         torch.set_num_threads(s.threads())
         scorer = await run_in_threadpool(load_scorer, s)
         metrics = Metrics()
-        self.engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, DTYPES[s.dtype],
-                                      s.forward_overhead_tokens, heap_trim_interval_s=s.heap_trim_interval_s)
-        self.runner = DynamicBatcher(self.engine, metrics, s.max_batch_size, s.max_batch_tokens,
-                                     s.max_wait_ms / 1000, s.max_queue_prompts)
+        self.engine, self.runner = build_runner(scorer, s, metrics, batching=True)
         self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-gateway-tokenize")
         self.runner.start()
         if s.warmup:  # before the gateway takes requests: the first ones would otherwise all time out

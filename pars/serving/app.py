@@ -30,13 +30,7 @@ from pars.backends import ONNX_BACKENDS, load_inference_model
 from pars.errors import PARSError
 from pars.model import load_tokenizer
 from pars.scoring import PromptScorer, resolve_device
-from pars.serving.batcher import (
-    DynamicBatcher,
-    InferenceEngine,
-    PerRequestRunner,
-    QueueFullError,
-    ShuttingDownError,
-)
+from pars.serving.batcher import InferenceEngine, QueueFullError, ShuttingDownError, build_runner
 from pars.serving.limits import BodyLimits
 from pars.serving.observability import Metrics, RequestMetrics
 from pars.serving.schemas import (
@@ -180,13 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.scorer = scorer
         api_key = s.api_key.get_secret_value() if s.api_key is not None else ""
         app.state.api_key = api_key.encode() if api_key else None
-        engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, DTYPES[s.dtype],
-                                 s.forward_overhead_tokens, heap_trim_interval_s=s.heap_trim_interval_s)
-        if s.batching:
-            runner = DynamicBatcher(engine, metrics, s.max_batch_size, s.max_batch_tokens, s.max_wait_ms / 1000,
-                                    s.max_queue_prompts)
-        else:
-            runner = PerRequestRunner(engine, metrics, s.max_queue_prompts)
+        engine, runner = build_runner(scorer, s, metrics)
         app.state.engine, app.state.runner = engine, runner
         app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-tokenize")
         runner.start()

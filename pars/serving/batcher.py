@@ -17,11 +17,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import torch
-
 from pars.scoring import PromptScorer
 from pars.serving.memory import HeapTrimmer
 from pars.serving.observability import Metrics
+from pars.serving.settings import Settings
 
 # Fixed cost of one forward pass, in padded-token equivalents: how many padded tokens splitting a
 # batch in two must save to be worth a second pass (small matrix products run less efficiently).
@@ -73,14 +72,12 @@ class InferenceEngine:
     """The model on one dedicated thread; everything that touches it runs there, one call at a time."""
 
     def __init__(self, scorer: PromptScorer, metrics: Metrics, max_batch_size: int, max_batch_tokens: int,
-                 dtype: torch.dtype = torch.float32, overhead_tokens: int = FORWARD_OVERHEAD_TOKENS,
-                 heap_trim_interval_s: float = 0.0) -> None:
+                 overhead_tokens: int = FORWARD_OVERHEAD_TOKENS, heap_trim_interval_s: float = 0.0) -> None:
         self.scorer = scorer
         self.overhead_tokens = overhead_tokens
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
-        self.dtype = dtype
         self.pad_id = scorer.pad_id
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-inference")
         # Freed activation buffers otherwise stay resident (pars/serving/memory.py); CPU only: CUDA
@@ -324,3 +321,16 @@ class PerRequestRunner:
         self.admission.accepting = False
         if self._inflight:
             await asyncio.gather(*self._inflight, return_exceptions=True)
+
+
+def build_runner(scorer: PromptScorer, settings: Settings, metrics: Metrics,
+                 batching: bool | None = None) -> tuple[InferenceEngine, DynamicBatcher | PerRequestRunner]:
+    """The engine and the runner the settings ask for (the service's and the gateway's, alike); the
+    runner still has to be started inside the event loop."""
+    s = settings
+    engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, s.forward_overhead_tokens,
+                             heap_trim_interval_s=s.heap_trim_interval_s)
+    if s.batching if batching is None else batching:
+        return engine, DynamicBatcher(engine, metrics, s.max_batch_size, s.max_batch_tokens, s.max_wait_ms / 1000,
+                                      s.max_queue_prompts)
+    return engine, PerRequestRunner(engine, metrics, s.max_queue_prompts)
