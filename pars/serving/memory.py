@@ -3,9 +3,10 @@
 Forward passes of ever-changing shapes allocate and free large activation buffers. glibc's malloc
 raises its mmap threshold after such buffers are freed (up to 32 MiB), so later ones come from the
 heap, and the heap fragments: freed pages stay resident. A 30-minute soak grew RSS by 47 % that way.
-Measured on the MiniLM ranker (benchmarks/heap_bench.py): a fixed 64 KiB mmap threshold keeps RSS flat
-but costs ~25 % throughput in page faults; `malloc_trim(0)` after a forward pass keeps it flat for
-~2 % of the time, and rate-limiting it bounds that further.
+Measured on the MiniLM ranker (benchmarks/heap_bench.py, 150 random batches, medians of 2): glibc as is
+grows 352 MiB; a fixed 64 KiB mmap threshold 33 MiB but 1.36x the time (page faults); malloc_trim(0) at
+most once a second 58 MiB for 1.12x the time (trimmed pages are faulted in again). A longer
+PREDICTOR_HEAP_TRIM_INTERVAL_S trades memory back for speed.
 """
 
 from __future__ import annotations
