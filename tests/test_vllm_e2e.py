@@ -1,0 +1,314 @@
+"""benchmarks/vllm_e2e.py end to end against a stand-in vLLM (issue 6's harness; no real vLLM here).
+
+The stand-in simulates vLLM's priority scheduler: `SLOTS` running requests at most; the others wait in a
+queue ordered by (priority, arrival); a running request holds its slot for max_tokens x PER_TOKEN_S; no
+preemption. The trace is built to be congested with big margins: a few long answers among many short ones,
+a long one first (the seed is chosen for it), and all arriving within a fraction of that first answer's
+service time, so every request queues and shortest-first beats FCFS by a wide factor (about 0.4x) whatever
+the machine's load; the only timing assertion is that ordering, at 0.75x. Real gateways (in threads)
+sit in front of it for the fcfs-gw and pars@W policies, with a stand-in /score_batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import importlib.util
+import itertools
+import json
+import random
+import sys
+import threading
+import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+from serving_helpers import ROOT, free_port
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pars.gateway.app import create_app
+from pars.gateway.settings import GatewaySettings
+
+SLOTS = 1
+PER_TOKEN_S = 0.001
+LONG_WORDS, SHORT_WORDS = 120, 2  # answers; with the tiny tokenizer at least a token a word
+CAP = 100  # long answers' max_tokens: 100 ms of service each
+N_LONG, N_SHORT = 4, 12
+RATES = (600.0,)  # 16 requests arrive within ~25 ms (one rate keeps the test short; arrivals_at is tested below)
+
+
+def long_first_seed() -> int:
+    """A seed whose trace starts with a long answer (build_trace's shuffle; rows 0..N_LONG-1 are long):
+    it holds the one slot while everything else queues, so the scheduler's order decides every wait."""
+    for seed in range(100):
+        order = list(range(N_LONG + N_SHORT))
+        random.Random(seed).shuffle(order)
+        if order[0] < N_LONG:
+            return seed
+    raise AssertionError("no seed")
+
+
+SEED = long_first_seed()
+
+
+def load_harness():
+    spec = importlib.util.spec_from_file_location("vllm_e2e", ROOT / "benchmarks" / "vllm_e2e.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["vllm_e2e"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+e2e = load_harness()
+
+
+@contextmanager
+def serve(app):
+    """`app` under uvicorn on a free loopback port, in a thread; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise AssertionError("server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+class StandInVLLM:
+    """vLLM's priority scheduler, simulated: slots, a (priority, arrival) waiting queue, no preemption."""
+
+    def __init__(self, slots: int, per_token_s: float) -> None:
+        self.free = slots
+        self.per_token_s = per_token_s
+        self.waiting: list[tuple[int, int, asyncio.Future]] = []
+        self.seq = itertools.count()
+        self.received: list[dict] = []
+        self.app = Starlette(routes=[Route("/v1/completions", self.completions, methods=["POST"]),
+                                     Route("/v1/models", self.models, methods=["GET"]),
+                                     Route("/health", self.health, methods=["GET"])])
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": "stand-in-llama", "object": "model"}]})
+
+    async def health(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def acquire(self, priority: int) -> None:
+        if self.free > 0 and not self.waiting:
+            self.free -= 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self.waiting, (priority, next(self.seq), future))
+        await future  # the slot is handed over by release()
+
+    def release(self) -> None:
+        if self.waiting:
+            heapq.heappop(self.waiting)[2].set_result(None)
+        else:
+            self.free += 1
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        n = int(body["max_tokens"])
+        self.received.append({"priority": body.get("priority"), "max_tokens": n, "prompt": body["prompt"],
+                              "ignore_eos": body.get("ignore_eos")})
+        usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
+        await self.acquire(int(body.get("priority", 0)))
+        if not body.get("stream"):
+            try:
+                await asyncio.sleep(n * self.per_token_s)
+            finally:
+                self.release()
+            return JSONResponse({"id": "cmpl-0", "object": "text_completion", "model": body["model"],
+                                 "choices": [{"index": 0, "text": " x" * n, "finish_reason": "length"}],
+                                 "usage": usage})
+
+        async def events():
+            try:
+                await asyncio.sleep(self.per_token_s)
+                yield f'data: {json.dumps({"choices": [{"index": 0, "text": " x"}]})}\n\n'
+                await asyncio.sleep((n - 1) * self.per_token_s)
+                yield f'data: {json.dumps({"choices": [], "usage": usage})}\n\n'
+                yield "data: [DONE]\n\n"
+            finally:
+                self.release()
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+class StandInPredictor:
+    """/score_batch: long-answer prompts (they say 'essay') score high, like a perfect ranker."""
+
+    def __init__(self) -> None:
+        self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"])])
+
+    async def score_batch(self, request: Request) -> Response:
+        prompts = (await request.json())["prompts"]
+        return JSONResponse({"scores": [10.0 if "essay" in p else 0.0 for p in prompts]})
+
+
+def make_rows() -> list[dict]:
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    rows = []
+    for i in range(N_LONG + N_SHORT):
+        long = i < N_LONG
+        prompt = ("write a long essay about " if long else "answer in one word: ") + " ".join(words[: 3 + i % 5])
+        n = LONG_WORDS if long else SHORT_WORDS
+        rows.append({"task_id": str(i), "prompt": prompt, "answer_content": " ".join(words[j % 12] for j in range(n)),
+                     "answer_length": str(n)})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("e2e") / "val_data.json"
+    path.write_text(json.dumps(make_rows()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, data) -> Path:
+    out = tmp_path_factory.mktemp("llama")
+    e2e.main(["--build-model", str(out), "--data", str(data), "--hidden-size", "32", "--layers", "1",
+              "--heads", "2", "--intermediate-size", "64", "--vocab-size", "300", "--max-model-len", "256"])
+    return out
+
+
+def test_build_model_loads(model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    info = json.loads((model_dir / "pars_build.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert info["params"] == sum(p.numel() for p in model.parameters())
+    assert model.config.vocab_size == len(tok) and model.config.eos_token_id == tok.eos_token_id
+    ids = tok("write a long essay", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=3, do_sample=False, min_new_tokens=3)
+    assert out.shape[1] == ids.shape[1] + 3
+    assert tok.decode(tok("alpha beta")["input_ids"]) == "alpha beta"  # byte-level BPE round trip
+    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+
+
+def run_harness(data: Path, model_dir: Path, out: Path, extra: list[str], gateways: list[str], vllm: str) -> dict:
+    argv = ["--data", str(data), "--model-dir", str(model_dir), "--vllm-url", vllm, "--num-requests",
+            str(N_LONG + N_SHORT), "--max-tokens-cap", str(CAP), "--seed", str(SEED), "--max-model-len", "256",
+            "--cooldown-s", "0", "--bootstrap", "200", "--quiet", "--out", str(out), *extra]
+    for g in gateways:
+        argv += ["--gateway", g]
+    assert e2e.main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
+    vllm = StandInVLLM(SLOTS, PER_TOKEN_S)
+    predictor = StandInPredictor()
+    with ExitStack() as stack:
+        vurl = stack.enter_context(serve(vllm.app))
+        purl = stack.enter_context(serve(predictor.app))
+        base = {"upstream_url": vurl, "predictor_url": purl, "predictor_timeout_ms": 5000.0}
+        gateways = [stack.enter_context(serve(create_app(GatewaySettings(**base, scorer="none")))),
+                    stack.enter_context(serve(create_app(GatewaySettings(**base, scorer="remote",
+                                                                         fairness_window_s=1000.0)))),
+                    stack.enter_context(serve(create_app(GatewaySettings(**base, scorer="remote",
+                                                                         fairness_window_s=0.0))))]
+        rates = ",".join(f"{r:g}" for r in RATES)
+        report = run_harness(data, model_dir, tmp_path / "e2e.json",
+                             ["--rates", rates, "--repeats", "2", "--probe", "3"], gateways, vurl)
+
+    assert set(report["policies"]) == {"fcfs", "oracle", "prompt-length", "fcfs-gw", "pars@1000", "pars@0"}
+    for key in ("started_at", "machine", "config", "servers", "trace", "ttft", "probe", "summary", "targets", "runs"):
+        assert key in report
+    assert "not measured" in report["ttft"]
+    trace = report["trace"]
+    assert trace["n"] == N_LONG + N_SHORT and len(trace["arrivals_s"]) == len(RATES)
+    assert trace["max_tokens"][0] == CAP and sorted(trace["max_tokens"])[N_SHORT - 1] <= 5  # long first, shorts
+    assert len(report["runs"]) == len(RATES) * 2 * 6
+
+    # The same arrivals and requests for every policy and repeat at a rate; policies interleaved.
+    for rate in RATES:
+        runs = [r for r in report["runs"] if r["rate"] == rate]
+        assert len({r["arrivals_sha"] for r in runs}) == 1 and len({r["trace_sha"] for r in runs}) == 1
+        assert runs[0]["arrivals_sha"] == e2e.digest(trace["arrivals_s"][f"{rate:g}"])
+    firsts = [r["policy"] for r in report["runs"] if r["order"] in (0, len(RATES) * 6)]
+    assert firsts[0] != firsts[1]  # rotation: another policy opens the second repeat
+
+    for run in report["runs"]:
+        s = run["summary"]
+        assert s["errors"] == 0 and s["tokens_mismatch"] == 0, s
+        for key in ("mean", "p50", "p90", "p99"):
+            assert s["latency_s"][key] > 0 and s["per_token_ms"][key] > 0
+        assert s["throughput_rps"] > 0 and s["ttft_s"] is None
+        if run["policy"].startswith("pars@"):
+            assert s["priority_sources"] == {"scored": N_LONG + N_SHORT} and s["score_ms"]["p50"] >= 0
+            assert run["fallbacks"] == 0
+        if run["policy"] == "pars@1000":  # the gateway ranks every long answer behind every short one
+            prio = [(q["priority"], trace["max_tokens"][q["i"]]) for q in run["requests"]]
+            assert max(p for p, n in prio if n < CAP) < min(p for p, n in prio if n == CAP)
+        if run["policy"] == "oracle":
+            assert [q["priority"] for q in run["requests"]] == trace["max_tokens"]
+
+    # What the stand-in received: ignore_eos everywhere, the harness's priorities, the gateway's for pars.
+    assert all(r["ignore_eos"] for r in vllm.received if r["max_tokens"] > 1)
+
+    rows = {(r["rate"], r["policy"]): r for r in report["summary"]}
+    for rate in RATES:
+        fcfs, oracle = rows[(rate, "fcfs")], rows[(rate, "oracle")]
+        # The one timing assertion, with a wide margin (expected about 0.4x here).
+        assert oracle["latency_mean_s"] < 0.75 * fcfs["latency_mean_s"], (oracle, fcfs)
+        for key in ("latency_p50_s", "latency_p90_s", "latency_p99_s", "per_token_mean_ms", "throughput_rps"):
+            assert oracle[key] is not None and fcfs[key] is not None
+        assert "ratio_mean" not in fcfs
+        assert oracle["ratio_mean"]["mean"] < 1 and len(oracle["ratio_mean"]["t_ci"]) == 2
+        assert len(oracle["ratio_mean"]["bootstrap_ci"]) == 2
+        pars = rows[(rate, "pars@1000")]
+        assert set(pars["oracle_gain_recovered"]) >= {"per_repeat", "mean", "t_ci", "bootstrap_ci"}
+    assert [t["window_s"] for t in report["targets"]["guard_tradeoff"]] == [0.0, 1000.0]
+    assert set(report["probe"]) >= {"direct", "fcfs-gw", "pars@0", "pars@1000"}
+    assert "overhead_p50_ms" in report["probe"]["pars@0"]
+    assert (tmp_path / "e2e.png").stat().st_size > 0
+    assert "| oracle |" in (tmp_path / "e2e.md").read_text()
+
+
+def test_stream_measures_ttft(data, model_dir, tmp_path):
+    vllm = StandInVLLM(SLOTS, PER_TOKEN_S)
+    with serve(vllm.app) as vurl:
+        report = run_harness(data, model_dir, tmp_path / "s.json",
+                             ["--rates", "600", "--repeats", "1", "--stream", "--policies", "fcfs,oracle"], [], vurl)
+    assert report["ttft"] == "measured (streaming)"
+    for run in report["runs"]:
+        s = run["summary"]
+        assert s["errors"] == 0 and s["tokens_mismatch"] == 0
+        assert 0 < s["ttft_s"]["p50"] <= s["latency_s"]["p50"]
+
+
+def test_help_describes_the_experiment(capsys):
+    with pytest.raises(SystemExit) as exc:
+        e2e.main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--build-model", "--rates", "--repeats", "--gateway", "--fairness-windows", "--start", "--stream",
+                 "--max-tokens-cap"):
+        assert flag in text
+
+
+def test_arrivals_are_one_pattern_scaled():
+    gaps = e2e.unit_gaps(50, seed=3)
+    a, b = e2e.arrivals_at(gaps, 1.0), e2e.arrivals_at(gaps, 2.0)
+    assert a[0] == 0 and all(x <= y for x, y in zip(a, a[1:], strict=False))
+    assert all(abs(x / 2 - y) < 1e-5 for x, y in zip(a, b, strict=True))
+    assert e2e.arrivals_at(e2e.unit_gaps(50, seed=3), 1.0) == a
