@@ -14,13 +14,11 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from contextlib import contextmanager
 
 import httpx
 import pytest
-import uvicorn
-from serving_helpers import ROOT, free_port
+from serving_helpers import ROOT, free_port, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -37,25 +35,6 @@ from pars.gateway.settings import GatewaySettings
 
 BIG_WINDOW_S = 1000.0  # W = 1e6 ms: arrival-time differences inside a test are negligible beside it
 SSE_EVENTS = 5
-
-
-@contextmanager
-def serve(app):
-    """`app` under uvicorn on a free loopback port, in a thread; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise AssertionError("server did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 class Upstream:

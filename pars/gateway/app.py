@@ -14,7 +14,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pars.errors import PARSError
 from pars.gateway.metrics import GatewayMetrics
@@ -24,31 +23,11 @@ from pars.gateway.prompts import SCORED_PATHS
 from pars.gateway.proxy import forward, has_body
 from pars.gateway.scorers import make_scorer
 from pars.gateway.settings import GatewaySettings
+from pars.serving.lifespan import OneLineStartupErrors
 
 log = logging.getLogger("pars.gateway")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # HEAD comes with GET
-
-
-class OneLineStartupErrors:
-    """ASGI middleware: a start-up failure on a bad setting or an unloadable model is printed by uvicorn
-    as one line (it logs the lifespan failure message) instead of a traceback."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_reason(message: Message) -> None:
-            reason = getattr(scope["app"].state, "startup_error", None)
-            if message["type"] == "lifespan.startup.failed" and reason:
-                message = {**message, "message": f"PARS gateway cannot start: {reason}"}
-            await send(message)
-
-        await self.app(scope, receive, send_reason)
 
 
 def create_app(settings: GatewaySettings | None = None, predictor_settings=None) -> Starlette:
@@ -117,6 +96,6 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
         Route("/gateway/metrics", prometheus_metrics, methods=["GET"]),
         Route("/{path:path}", proxied, methods=METHODS),
     ])
-    app.add_middleware(OneLineStartupErrors)
+    app.add_middleware(OneLineStartupErrors, who="PARS gateway")
     app.state.metrics = metrics
     return app

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pars import __version__
 from pars.backends import ONNX_BACKENDS, load_inference_model
@@ -31,6 +31,7 @@ from pars.errors import PARSError
 from pars.model import load_tokenizer
 from pars.scoring import PromptScorer, resolve_device
 from pars.serving.batcher import InferenceEngine, QueueFullError, ShuttingDownError, build_runner
+from pars.serving.lifespan import OneLineStartupErrors
 from pars.serving.limits import BodyLimits
 from pars.serving.observability import Metrics, RequestMetrics
 from pars.serving.schemas import (
@@ -111,27 +112,6 @@ SCORING_ERRORS: dict[int | str, dict] = {
 }
 
 
-class OneLineStartupErrors:
-    """ASGI middleware: when start-up fails on a PARSError, uvicorn prints its one-line reason
-    instead of a traceback (it logs the lifespan failure message as is)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_reason(message: Message) -> None:
-            reason = getattr(scope["app"].state, "startup_error", None)
-            if message["type"] == "lifespan.startup.failed" and reason:
-                message = {**message, "message": f"PARS predictor cannot start: {reason}"}
-            await send(message)
-
-        await self.app(scope, receive, send_reason)
-
-
 class BearerAuth:
     """ASGI middleware: with PREDICTOR_API_KEY set, every path but /health and /ready needs
     `Authorization: Bearer <key>` (compared in constant time); otherwise 401."""
@@ -210,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimits)  # innermost middleware: a body is read only once the key was checked
     app.add_middleware(BearerAuth)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: counts 401s too
-    app.add_middleware(OneLineStartupErrors)
+    app.add_middleware(OneLineStartupErrors, who="PARS predictor")
     app.state.metrics = metrics
 
     @app.exception_handler(ServiceError)
