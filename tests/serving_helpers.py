@@ -1,7 +1,9 @@
-"""Starting the predictor service under uvicorn on a free loopback port, for the serving tests."""
+"""Starting the predictor service under uvicorn on a free loopback port, for the serving tests; the
+benchmark harnesses as modules; a stand-in /score_batch."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 import subprocess
@@ -14,6 +16,10 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,3 +98,24 @@ def serve(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py (a script, not a package) as a module, loaded once per test session."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses look their module up by name
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class StandInPredictor:
+    """/score_batch: long-answer prompts (they say 'essay') score high, like a perfect ranker."""
+
+    def __init__(self) -> None:
+        self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"])])
+
+    async def score_batch(self, request: Request) -> Response:
+        prompts = (await request.json())["prompts"]
+        return JSONResponse({"scores": [10.0 if "essay" in p else 0.0 for p in prompts]})

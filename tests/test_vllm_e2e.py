@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import importlib.util
 import itertools
 import json
 import random
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from serving_helpers import ROOT, serve
+from serving_helpers import StandInPredictor, load_benchmark, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -53,15 +51,7 @@ def long_first_seed() -> int:
 SEED = long_first_seed()
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("vllm_e2e", ROOT / "benchmarks" / "vllm_e2e.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vllm_e2e"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
-e2e = load_harness()
+e2e = load_benchmark("vllm_e2e")
 
 
 class StandInVLLM:
@@ -124,17 +114,6 @@ class StandInVLLM:
                 self.release()
 
         return StreamingResponse(events(), media_type="text/event-stream")
-
-
-class StandInPredictor:
-    """/score_batch: long-answer prompts (they say 'essay') score high, like a perfect ranker."""
-
-    def __init__(self) -> None:
-        self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"])])
-
-    async def score_batch(self, request: Request) -> Response:
-        prompts = (await request.json())["prompts"]
-        return JSONResponse({"scores": [10.0 if "essay" in p else 0.0 for p in prompts]})
 
 
 def make_rows() -> list[dict]:

@@ -16,22 +16,16 @@ one (GATEWAY_SCORER=none).
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from serving_helpers import ROOT, free_port, serve
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from serving_helpers import ROOT, StandInPredictor, free_port, load_benchmark, serve
 
 from pars.gateway.app import create_app
 from pars.gateway.settings import GatewaySettings
@@ -55,26 +49,7 @@ if not vllm_importable():
                 allow_module_level=True)
 
 
-def load_harness():
-    spec = importlib.util.spec_from_file_location("vllm_e2e_real", ROOT / "benchmarks" / "vllm_e2e.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["vllm_e2e_real"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-e2e = load_harness()
-
-
-class StandInPredictor:
-    """/score_batch: prompts asking for an essay score high (long answer), the others low."""
-
-    def __init__(self) -> None:
-        self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"])])
-
-    async def score_batch(self, request: Request) -> Response:
-        prompts = (await request.json())["prompts"]
-        return JSONResponse({"scores": [10.0 if "essay" in p else 0.0 for p in prompts]})
+e2e = load_benchmark("vllm_e2e")
 
 
 @pytest.fixture(scope="module")
@@ -93,18 +68,10 @@ def vllm_url(tmp_path_factory):
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"vLLM exited ({proc.returncode}):\n{Path(log.name).read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"vLLM not up after {START_TIMEOUT_S} s:\n{Path(log.name).read_text()[-3000:]}")
-            time.sleep(1.0)
+        try:
+            e2e.wait_up(proc, url, "/health", START_TIMEOUT_S, "vLLM")
+        except SystemExit as exc:  # the harness's one-line error, with the server's log for the test report
+            raise AssertionError(f"{exc}\n{Path(log.name).read_text()[-3000:]}") from None
         yield url
     finally:
         proc.terminate()
