@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 
@@ -22,6 +23,15 @@ def rss_mib(pid: int) -> float | None:
         return None
     found = re.search(r"^VmRSS:\s+(\d+) kB", text, flags=re.M)
     return int(found.group(1)) / 1024 if found else None
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    """SIGTERM (a server finishes its queued work), SIGKILL if it has not exited within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 def load_average() -> list[float]:

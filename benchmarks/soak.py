@@ -40,7 +40,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import free_port, rss_mib
+from _common import free_port, rss_mib, stop_process
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -344,11 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             rss_start, rss_end = asyncio.run(run())
             alive = proc.poll() is None
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_process(proc)
         server_log = log_path.read_text(errors="replace")
     if not alive:
         sys.exit("error: the server died during the soak")

@@ -52,7 +52,6 @@ import os
 import platform
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -64,6 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "vllm_e2e.json"
@@ -575,12 +575,6 @@ async def prime(gateways: Sequence[Policy], trace: Sequence[Request], model: str
 
 
 # ----------------------------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_up(proc: subprocess.Popen, url: str, path: str, timeout: float, name: str) -> None:

@@ -103,6 +103,8 @@ def serve(app):
 def load_benchmark(name: str):
     """benchmarks/<name>.py (a script, not a package) as a module, loaded once per test session."""
     if name not in sys.modules:
+        if str(ROOT / "benchmarks") not in sys.path:  # as when run as a script: their shared _common module
+            sys.path.insert(0, str(ROOT / "benchmarks"))
         spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module  # dataclasses look their module up by name

@@ -74,11 +74,7 @@ def vllm_url(tmp_path_factory):
             raise AssertionError(f"{exc}\n{Path(log.name).read_text()[-3000:]}") from None
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        load_benchmark("_common").stop_process(proc)
         os.unlink(log.name)
 
 
