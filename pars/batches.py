@@ -18,23 +18,59 @@ MEGABATCH_BATCHES = 50
 
 class EpochBatches:
     """Global batches of `batch_size` items per optimizer step; rank r of `world_size` gets items r, r+W, ...
-    of each (batches are sorted by length when grouped, so every rank gets a similar share of the work)."""
+    of each (batches are sorted by length when grouped, so every rank gets a similar share of the work).
+
+    With `groups` (a group id per item), the items of a group stay next to each other in the epoch's order,
+    so a batch holds few groups (pairs that share their prompt A: the prompt is encoded once for all of
+    them), and each rank takes a contiguous share of a batch so that a group is not spread over ranks.
+    Groups are shuffled, then sorted by `lengths` (their longest item) within windows, as single items are.
+    """
 
     def __init__(self, n: int, batch_size: int, seed: int, lengths: np.ndarray | None = None,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1) -> None:
-        if lengths is not None and len(lengths) != n:
-            raise ValueError(f"lengths has {len(lengths)} entries for {n} items")
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 groups: np.ndarray | None = None) -> None:
+        for name, values in (("lengths", lengths), ("groups", groups)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} entries for {n} items")
         self.n, self.batch_size, self.seed, self.lengths = n, batch_size, seed, lengths
         self.drop_last = drop_last and n > batch_size
         self.rank, self.world_size = rank, world_size
+        self.units: list[np.ndarray] | None = None
+        if groups is not None:
+            order = np.argsort(groups, kind="stable")
+            cuts = np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1
+            self.units = np.split(order, cuts)
+
+    def _grouped_order(self, rng: np.random.Generator) -> np.ndarray:
+        """All items, each group's together (in shuffled order), groups shuffled and length-sorted in windows."""
+        assert self.units is not None
+        units = [self.units[k] for k in rng.permutation(len(self.units))]
+        units = [rng.permutation(u) for u in units]
+        if self.lengths is None:
+            return np.concatenate(units)
+        mega = MEGABATCH_BATCHES * self.batch_size
+        ordered, window, count = [], [], 0
+        for u in units + [None]:
+            if u is not None:
+                window.append(u)
+                count += len(u)
+            if window and (u is None or count >= mega):
+                keys = np.array([-self.lengths[w].max() for w in window])
+                ordered.extend(window[i] for i in np.argsort(keys, kind="stable"))
+                window, count = [], 0
+        return np.concatenate(ordered)
 
     def global_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(self.n)
         size = self.batch_size
-        if self.lengths is None:
+        if self.units is not None:
+            flat = self._grouped_order(rng)
+            batches = [flat[i : i + size] for i in range(0, self.n, size)]
+        elif self.lengths is None:
+            perm = rng.permutation(self.n)
             batches = [perm[i : i + size] for i in range(0, self.n, size)]
         else:
+            perm = rng.permutation(self.n)
             mega = MEGABATCH_BATCHES * size
             batches = []
             for start in range(0, self.n, mega):
@@ -64,6 +100,8 @@ class EpochBatches:
 
     def rank_batches(self, epoch: int, start: int = 0) -> list[list[int]]:
         """This rank's share of each global batch of `epoch`, from batch `start` on (to resume mid-epoch)."""
+        if self.units is not None:  # contiguous shares keep a group on one rank (same sizes as interleaved)
+            return [np.array_split(b, self.world_size)[self.rank].tolist() for b in self.global_batches(epoch)[start:]]
         return [b[self.rank :: self.world_size].tolist() for b in self.global_batches(epoch)[start:]]
 
     def shard_sizes(self, batch_len: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +18,8 @@ from pars.batches import EpochBatches
 from pars.errors import PARSError
 from pars.model import PairwiseRanker, read_state_dict
 from pars.pairdata import (
+    MAX_PASSES,
+    SPLIT_MIN_SAVED_TOKENS,
     FastPairCollator,
     PairCollator,
     PairIndex,
@@ -55,7 +58,9 @@ def test_fast_and_original_batches_give_the_same_loss(tiny_model_dir, tiny_data)
     fast = FastPairCollator(index)(sel)
     assert all(ids.shape[1] == 128 for ids in original["input_ids"])  # the original pads to --max-length
     assert sum(m.numel() for m in fast["attention_mask"]) < 0.3 * sum(m.numel() for m in original["attention_mask"])
-    assert sum(m.sum() for m in fast["attention_mask"]) == sum(m.sum() for m in original["attention_mask"])
+    distinct = {p[k] for i in sel for p in [pairs[i]] for k in ("prompt_A", "prompt_B")}
+    # the same tokens, each distinct prompt's once (a prompt in two of the batch's pairs is encoded once)
+    assert sum(m.sum() for m in fast["attention_mask"]) == sum(len(tokenizer(p)["input_ids"]) for p in distinct)
     loss_original, scores_original = batch_loss(model, original, criterion)
     loss_fast, scores_fast = batch_loss(model, fast, criterion)
     assert torch.allclose(scores_fast, scores_original, atol=1e-5)
@@ -129,6 +134,68 @@ def test_epoch_batches_drop_last_for_in_batch():
     assert len(batches) == 6 and all(len(b) == 16 for b in batches.global_batches(0))
 
 
+def test_split_sorted_is_the_cheapest_split():
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        lengths = rng.integers(3, 129, rng.integers(1, 12))
+        restore, passes = split_sorted(lengths)
+        assert 1 <= len(passes) <= MAX_PASSES and all(len(p) for p in passes)
+        order = np.concatenate(passes)
+        assert (order[restore] == np.arange(len(lengths))).all()
+        got = sum(len(p) * lengths[p].max() for p in passes) + SPLIT_MIN_SAVED_TOKENS * (len(passes) - 1)
+        ordered = np.sort(lengths)
+        best = min(  # every way of cutting the sorted lengths into at most MAX_PASSES runs
+            sum((b - a) * ordered[b - 1] for a, b in zip((0, *cuts), (*cuts, len(ordered)), strict=True))
+            + SPLIT_MIN_SAVED_TOKENS * len(cuts)
+            for k in range(MAX_PASSES) for cuts in itertools.combinations(range(1, len(ordered)), k))
+        assert got == best
+
+
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_prompt_grouped_batches_yield_every_pair_once_and_keep_groups_together(with_lengths, world):
+    rng = np.random.default_rng(1)
+    groups = np.repeat(rng.permutation(300), rng.integers(1, 15, 300))  # 300 prompts A, 1-14 pairs each
+    groups = groups[rng.permutation(len(groups))]  # pairs in any order in the file
+    n, size = len(groups), 32
+    lengths = rng.integers(3, 128, 300)[groups] if with_lengths else None  # a group's items share its A's length
+    views = [EpochBatches(n, size, seed=7, lengths=lengths, rank=r, world_size=world, groups=groups)
+             for r in range(world)]
+    for epoch in (0, 1):
+        shards = [v.rank_batches(epoch) for v in views]
+        assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(views[0])
+        assert sorted(i for s in shards for b in s for i in b) == list(range(n))  # each pair once per epoch
+        assert [len(b) for s in zip(*shards, strict=True) for b in s] == [
+            k for b in views[0].global_batches(epoch) for k in views[0].shard_sizes(len(b))]
+        # a group is cut only where a batch (or a rank's share of one) ends: pieces <= groups + cuts
+        pieces = sum(len(set(groups[b].tolist())) for s in shards for b in s)
+        assert pieces <= len(set(groups.tolist())) + len(views[0]) * world
+        if with_lengths:  # and the groups of a batch have similar lengths
+            spread = np.mean([np.ptp(lengths[b]) for b in views[0].global_batches(epoch)])
+            assert spread < 20
+    assert views[0].rank_batches(0) != views[0].rank_batches(1)
+    assert views[0].rank_batches(1, start=3) == views[0].rank_batches(1)[3:]
+
+
+def test_a_prompt_shared_in_a_batch_is_encoded_once(tiny_model_dir, tiny_data):
+    pairs = load_pairs(tiny_data / "train_pairs_length_diff_0.2.json")
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    torch.manual_seed(5)
+    model = PairwiseRanker.from_pretrained(str(tiny_model_dir)).eval()
+    index = PairIndex.from_pairs(pairs, tokenizer, max_length=128, progress=False)
+    groups = index.group_ids()
+    shared = np.flatnonzero(groups == groups[0])[:4]  # pairs with the same prompt A
+    assert len(shared) >= 3
+    sel = [*shared.tolist(), 50, 51]
+    fast = FastPairCollator(index)(sel)
+    distinct = {p for i in sel for p in (pairs[i]["prompt_A"], pairs[i]["prompt_B"])}
+    assert sum(len(m) for m in fast["attention_mask"]) == len(distinct) < 2 * len(sel)
+    criterion = nn.MarginRankingLoss(margin=1.0)
+    loss_fast, scores_fast = batch_loss(model, fast, criterion)
+    loss_orig, scores_orig = batch_loss(model, PairCollator(tokenizer, 128)([pairs[i] for i in sel]), criterion)
+    assert torch.allclose(scores_fast, scores_orig, atol=1e-5) and abs(loss_fast.item() - loss_orig.item()) < 1e-5
+
+
 def test_fast_training_equals_original_training(tiny_model_dir, tiny_data, tmp_path):
     """Same batches (ungrouped, same seed), dropout off: the fast path trains to the original's weights."""
     model_dir = no_dropout_copy(tiny_model_dir, tmp_path / "model")
@@ -137,7 +204,8 @@ def test_fast_training_equals_original_training(tiny_model_dir, tiny_data, tmp_p
               "--batch-size", "16", "--num-epochs", "1", "--max-steps", "4", "--learning-rate", "1e-3",
               "--device", "cpu"]
     assert train.main([*common, "--output-dir", str(tmp_path / "orig"), "--batching", "original"]) == 0
-    assert train.main([*common, "--output-dir", str(tmp_path / "fast"), "--no-group-by-length"]) == 0
+    assert train.main([*common, "--output-dir", str(tmp_path / "fast"), "--no-group-by-length",
+                       "--no-group-by-prompt"]) == 0
     orig = read_state_dict(tmp_path / "orig" / "last_model.pt")
     fast = read_state_dict(tmp_path / "fast" / "last_model.pt")
     # fc.bias aside: its gradient is zero but for rounding noise (the loss sees score differences only)
@@ -147,7 +215,10 @@ def test_fast_training_equals_original_training(tiny_model_dir, tiny_data, tmp_p
     assert m_orig["batching"] == "original" and m_fast["batching"] == "fast"
     assert m_orig["history"][0]["train_loss"] == pytest.approx(m_fast["history"][0]["train_loss"], abs=1e-5)
     t_orig, t_fast = m_orig["throughput"], m_fast["throughput"]
-    assert t_orig["pairs"] == t_fast["pairs"] == 64 and t_orig["real_tokens"] == t_fast["real_tokens"]
+    assert t_orig["pairs"] == t_fast["pairs"] == 64
+    # same pairs; a prompt in two pairs of a batch is encoded once, so fast encodes at most the original's tokens
+    assert t_fast["prompts_encoded"] <= t_orig["prompts_encoded"] == 128
+    assert t_fast["real_tokens"] <= t_orig["real_tokens"]
     assert t_orig["padded_tokens"] == 128 * 128 and t_fast["padded_tokens"] < t_orig["padded_tokens"] / 3
 
 
@@ -159,6 +230,8 @@ def test_original_batching_refuses_what_the_original_lacks(tiny_model_dir, tiny_
         train.main([*common, "--pairing", "in-batch"])
     with pytest.raises(PARSError, match="drop --group-by-length"):
         train.main([*common, "--group-by-length"])
+    with pytest.raises(PARSError, match="--group-by-prompt"):
+        train.main([*common, "--group-by-prompt"])
 
 
 def test_streamed_pair_file_reads_as_json_load(tiny_data, tmp_path):
