@@ -818,7 +818,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws for the intervals")
     g.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON; the .md table and .png beside it")
     g.add_argument("--report-from", type=Path, metavar="JSON", help="redo the summary, targets, table and PNG "
-                   "of a finished run's JSON (its runs are kept) and write them beside it (or to --out)")
+                   "of a finished run's JSON (its runs are kept) and write them beside it (or to --out); also "
+                   "takes the *.partial.json a stopped experiment leaves (its finished runs, written to *.json)")
     g.add_argument("--note", default="", help="recorded in the JSON (what else ran on the machine, ...)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -876,7 +877,30 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
 
     from tqdm import tqdm
 
-    runs = []
+    # Everything but the runs is known now: a crashed or stopped experiment leaves a partial JSON that
+    # --report-from can analyse like a finished one.
+    report = {
+        "what": "issue 6 end-to-end: policies against vLLM's priority scheduler on a replayed ShareGPT trace",
+        "started_at": started_at,
+        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_start": [round(x, 2) for x in load_start]},
+        "note": args.note,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "servers": {"vllm_url": vllm_url, "model": model, "gateways": [
+            {"policy": p.name, "url": p.url, "scorer": p.scorer, "fairness_window_s": p.window_s}
+            for p in policies if p.kind == "gateway"]},
+        "policies": names,
+        "trace": {"n": len(trace), "skipped": skipped, "seed": args.seed, "max_tokens_cap": args.max_tokens_cap,
+                  "ids": [r.id for r in trace], "prompt_tokens": [r.prompt_tokens for r in trace],
+                  "answer_tokens": [r.answer_tokens for r in trace], "max_tokens": [r.max_tokens for r in trace],
+                  "capped": sum(r.answer_tokens > r.max_tokens for r in trace),
+                  "arrivals_s": {f"{rate:g}": a for rate, a in arrivals.items()},
+                  "offered_tokens_per_s": {f"{rate:g}": rate * float(np.mean([r.max_tokens for r in trace]))
+                                           for rate in args.rates}},
+        "ttft": "measured (streaming)" if args.stream else "not measured: non-streaming requests",
+        "probe": probe_result,
+    }
+    runs: list[dict] = []
     partial = Path(args.out).with_suffix(".partial.json")
     partial.parent.mkdir(parents=True, exist_ok=True)
     plan = [(rep, rate, policies[(k + rep) % len(policies)]) for rep in range(args.repeats) for rate in args.rates
@@ -897,37 +921,14 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
                          for r in results],
         })
         # An hour of runs is not lost to a crash near the end: every finished run is on disk.
-        partial.write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()}, "plan_size": len(plan),
-                                       "runs": runs}) + "\n", encoding="utf-8")
+        partial.write_text(json.dumps({**report, "plan_size": len(plan), "runs": runs}) + "\n", encoding="utf-8")
         if args.cooldown_s and order < len(plan) - 1:
             time.sleep(args.cooldown_s)
 
     rows_out, targets = analyse(runs, names, args.rates, len(trace), args.bootstrap, args.seed, probe_result)
-    return {
-        "what": "issue 6 end-to-end: policies against vLLM's priority scheduler on a replayed ShareGPT trace",
-        "started_at": started_at, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "load_avg_start": [round(x, 2) for x in load_start],
-                    "load_avg_end": [round(x, 2) for x in os.getloadavg()]},
-        "note": args.note,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "servers": {"vllm_url": vllm_url, "model": model, "gateways": [
-            {"policy": p.name, "url": p.url, "scorer": p.scorer, "fairness_window_s": p.window_s}
-            for p in policies if p.kind == "gateway"]},
-        "policies": names,
-        "trace": {"n": len(trace), "skipped": skipped, "seed": args.seed, "max_tokens_cap": args.max_tokens_cap,
-                  "ids": [r.id for r in trace], "prompt_tokens": [r.prompt_tokens for r in trace],
-                  "answer_tokens": [r.answer_tokens for r in trace], "max_tokens": [r.max_tokens for r in trace],
-                  "capped": sum(r.answer_tokens > r.max_tokens for r in trace),
-                  "arrivals_s": {f"{rate:g}": a for rate, a in arrivals.items()},
-                  "offered_tokens_per_s": {f"{rate:g}": rate * float(np.mean([r.max_tokens for r in trace]))
-                                           for rate in args.rates}},
-        "ttft": "measured (streaming)" if args.stream else "not measured: non-streaming requests",
-        "probe": probe_result,
-        "summary": rows_out,
-        "targets": targets,
-        "runs": runs,
-    }
+    report["finished_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    report["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    return {**report, "summary": rows_out, "targets": targets, "runs": runs}
 
 
 def analyse(runs: Sequence[dict], names: Sequence[str], rates: Sequence[float], n: int, draws: int, seed: int,
@@ -961,7 +962,7 @@ def write_outputs(report: dict, out: Path) -> str:
                     for t in report["targets"]["guard_tradeoff"])
     out.with_suffix(".md").write_text(text + "\n", encoding="utf-8")
     plot(report["summary"], report["targets"]["guard_tradeoff"], out.with_suffix(".png"),
-         f"{report['trace']['n']} requests x {report['config']['repeats']} repeats, model "
+         f"{report['trace']['n']} requests x {len({r['repeat'] for r in report['runs']})} repeats, model "
          f"{report['servers']['model']}, {report['started_at']}")
     return text
 
@@ -982,12 +983,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.report_from:
-        report = json.loads(Path(args.report_from).read_text(encoding="utf-8"))
+        source = Path(args.report_from)
+        report = json.loads(source.read_text(encoding="utf-8"))
         cfg = report["config"]
+        if "plan_size" in report:  # a stopped experiment's *.partial.json: analyse the runs it finished
+            report["partial"] = f"{len(report['runs'])} of {report.pop('plan_size')} planned runs"
+            print(f"partial experiment: {report['partial']}")
         report["summary"], report["targets"] = analyse(
             report["runs"], report["policies"], [float(r) for r in cfg["rates"]], report["trace"]["n"],
             int(cfg["bootstrap"]), int(cfg["seed"]), report.get("probe"))
-        print(write_outputs(report, Path(args.out) if args.out != DEFAULT_OUT else Path(args.report_from)))
+        if args.out != DEFAULT_OUT:
+            out = Path(args.out)
+        else:  # beside the source: x.partial.json -> x.json
+            out = source.with_name(source.name.removesuffix(".partial.json") + ".json")
+        print(write_outputs(report, out))
         return 0
 
     servers = Servers(args.log_dir)

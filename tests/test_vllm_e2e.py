@@ -265,6 +265,18 @@ def test_stream_measures_ttft(data, model_dir, tmp_path):
     assert redone["summary"] == report["summary"]
     assert again.with_suffix(".png").stat().st_size > 0 and again.with_suffix(".md").exists()
 
+    # A stopped experiment's partial JSON (what the harness writes after each run) analyses the same way.
+    finished = ("finished_at", "summary", "targets")
+    partial = {k: v for k, v in report.items() if k not in finished} | {"plan_size": 4, "runs": report["runs"][:1]}
+    partial["machine"] = {k: v for k, v in report["machine"].items() if k != "load_avg_end"}
+    (tmp_path / "stopped.partial.json").write_text(json.dumps(partial))
+    assert e2e.main(["--report-from", str(tmp_path / "stopped.partial.json")]) == 0
+    cut = json.loads((tmp_path / "stopped.json").read_text())
+    assert cut["partial"] == "1 of 4 planned runs" and "plan_size" not in cut
+    first = report["runs"][0]
+    row = next(r for r in cut["summary"] if r["policy"] == first["policy"])
+    assert row["latency_mean_s"] == pytest.approx(first["summary"]["latency_s"]["mean"])
+
 
 def test_help_describes_the_experiment(capsys):
     with pytest.raises(SystemExit) as exc:
