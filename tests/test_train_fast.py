@@ -266,3 +266,21 @@ def test_pair_index_from_file_equals_from_pairs(tiny_model_dir, tiny_data):
                 assert torch.equal(got, listed.table.pad(np.array([getattr(listed, side)[k]]))[0])
         assert (streamed.labels == listed.labels).all()
     assert len(PairIndex.from_file(path, tokenizer, 128, limit=5, progress=False).table) <= 10  # only used prompts
+
+
+def test_train_bench_seed_sweep_reports_per_seed_differences(tiny_model_dir, tiny_data, tmp_path):
+    from serving_helpers import load_benchmark
+
+    bench = load_benchmark("train_bench")
+    out = tmp_path / "seeds.json"
+    assert bench.main(["--data-dir", str(tiny_data), "--model-name", str(tiny_model_dir), "--steps", "2",
+                       "--batch-size", "8", "--max-eval-samples", "16", "--modes", "fast", "fast-ungrouped",
+                       "--seeds", "1,2", "--work-dir", str(tmp_path / "work"), "--output", str(out)]) == 0
+    report = json.loads(out.read_text())
+    runs = {(r["mode_name"], r["seed"]): r for r in report["runs"]}
+    assert set(runs) == {(m, s) for m in ("fast", "fast-ungrouped") for s in (1, 2)}
+    assert runs[("fast", 1)]["group_by_prompt"] and not runs[("fast-ungrouped", 1)]["group_by_length"]
+    fast = report["summary"]["fast"]
+    assert fast["reference"] == "fast-ungrouped"
+    want = [round(runs[("fast", s)]["val_accuracy"] - runs[("fast-ungrouped", s)]["val_accuracy"], 4) for s in (1, 2)]
+    assert fast["val_accuracy_minus_reference_per_seed"] == want
