@@ -45,7 +45,8 @@ MODES = {"fast": ["--batching", "fast"], "original": ["--batching", "original"],
          "fast-no-prompt-groups": ["--batching", "fast", "--no-group-by-prompt"],
          # the original's batches and loss at the fast path's speed (the same weights with dropout off: tested),
          # for accuracy comparisons at budgets where the original mode itself would take hours
-         "fast-ungrouped": ["--batching", "fast", "--no-group-by-prompt", "--no-group-by-length"]}
+         "fast-ungrouped": ["--batching", "fast", "--no-group-by-prompt", "--no-group-by-length"],
+         "fast-prompt-groups-4": ["--batching", "fast", "--prompt-group-size", "4"]}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,17 +24,20 @@ class EpochBatches:
     so a batch holds few groups (pairs that share their prompt A: the prompt is encoded once for all of
     them), and each rank takes a contiguous share of a batch so that a group is not spread over ranks.
     Groups are shuffled, then sorted by `lengths` (their longest item) within windows, as single items are.
+    `max_group` cuts larger groups into pieces of at most that many items, shuffled apart: more groups per
+    batch, at the cost of encoding their shared prompt once per piece.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, lengths: np.ndarray | None = None,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1,
-                 groups: np.ndarray | None = None) -> None:
+                 groups: np.ndarray | None = None, max_group: int | None = None) -> None:
         for name, values in (("lengths", lengths), ("groups", groups)):
             if values is not None and len(values) != n:
                 raise ValueError(f"{name} has {len(values)} entries for {n} items")
         self.n, self.batch_size, self.seed, self.lengths = n, batch_size, seed, lengths
         self.drop_last = drop_last and n > batch_size
         self.rank, self.world_size = rank, world_size
+        self.max_group = max_group
         self.units: list[np.ndarray] | None = None
         if groups is not None:
             order = np.argsort(groups, kind="stable")
@@ -44,8 +47,11 @@ class EpochBatches:
     def _grouped_order(self, rng: np.random.Generator) -> np.ndarray:
         """All items, each group's together (in shuffled order), groups shuffled and length-sorted in windows."""
         assert self.units is not None
-        units = [self.units[k] for k in rng.permutation(len(self.units))]
-        units = [rng.permutation(u) for u in units]
+        units = [rng.permutation(u) for u in self.units]
+        if self.max_group:  # groups cut into pieces of at most max_group items, each piece placed on its own
+            k = self.max_group
+            units = [u[i : i + k] for u in units for i in range(0, len(u), k)]
+        units = [units[i] for i in rng.permutation(len(units))]
         if self.lengths is None:
             return np.concatenate(units)
         mega = MEGABATCH_BATCHES * self.batch_size

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
              "above) and encode each distinct prompt of a batch once: ~1.1 encodings per pair instead of 2 on "
              "the preprocess scripts' pair files. Default: on for --pairing pairs with --batching fast.",
     )
+    p.add_argument("--prompt-group-size", type=int, default=None,
+                   help="With --group-by-prompt: cut a prompt's group into pieces of at most this many pairs, "
+                        "placed apart, so a batch mixes more prompts (~1 + 1/N prompts encoded per pair). "
+                        "Default: whole groups.")
     p.add_argument("--select-by", choices=("val_accuracy", "val_kendall_tau"), default="val_accuracy",
                    help="Metric that picks best_model.pt.")
     p.add_argument("--save-state", action="store_true",
@@ -150,6 +154,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise PARSError("--batching original reproduces the original release, which has only --pairing pairs")
         if args.group_by_length or args.group_by_prompt:
             raise PARSError("--batching original uses plain shuffled batches; drop --group-by-length/--group-by-prompt")
+    if args.prompt_group_size is not None and args.prompt_group_size < 1:
+        raise PARSError("--prompt-group-size must be >= 1")
     if args.group_by_prompt and args.pairing != "pairs":
         raise PARSError("--group-by-prompt groups pairs by their prompt A; --pairing in-batch has no pairs to group")
     fast_pairs = args.pairing == "pairs" and args.batching == "fast"
@@ -291,7 +297,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         else:
             lengths = index.group_lengths() if args.group_by_length else None
     batches = EpochBatches(n_train, args.batch_size, args.seed, lengths, drop_last=args.pairing == "in-batch",
-                           rank=info.rank, world_size=info.world_size, groups=groups)
+                           rank=info.rank, world_size=info.world_size, groups=groups,
+                           max_group=args.prompt_group_size)
     loader_rng = torch.Generator()  # the DataLoader draws its worker seed here, never from the global RNG
 
     def epoch_loader(epoch: int, start: int) -> DataLoader:
@@ -336,7 +343,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     # ---- loop state (everything a resumed run needs beyond the weights) ----
     signature = {"train_items": n_train, "batch_size": args.batch_size, "seed": args.seed, "pairing": args.pairing,
                  "batching": args.batching, "group_by_length": args.group_by_length,
-                 "group_by_prompt": args.group_by_prompt, "total_steps": total_steps,
+                 "group_by_prompt": args.group_by_prompt, "prompt_group_size": args.prompt_group_size,
+                 "total_steps": total_steps,
                  "world_size": info.world_size}
     best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf}
     history: list[dict[str, Any]] = []
@@ -479,6 +487,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             "batching": args.batching,
             "group_by_length": args.group_by_length,
             "group_by_prompt": args.group_by_prompt,
+            "prompt_group_size": args.prompt_group_size,
             "train_items": n_train,
             "val_pairs": len(val_pairs),
             "steps": pos["step"],

@@ -151,25 +151,36 @@ def test_split_sorted_is_the_cheapest_split():
         assert got == best
 
 
+@pytest.mark.parametrize("max_group", [None, 4])
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("world", [1, 2, 3])
-def test_prompt_grouped_batches_yield_every_pair_once_and_keep_groups_together(with_lengths, world):
+def test_prompt_grouped_batches_yield_every_pair_once_and_keep_groups_together(with_lengths, world, max_group):
     rng = np.random.default_rng(1)
     groups = np.repeat(rng.permutation(300), rng.integers(1, 15, 300))  # 300 prompts A, 1-14 pairs each
     groups = groups[rng.permutation(len(groups))]  # pairs in any order in the file
     n, size = len(groups), 32
     lengths = rng.integers(3, 128, 300)[groups] if with_lengths else None  # a group's items share its A's length
-    views = [EpochBatches(n, size, seed=7, lengths=lengths, rank=r, world_size=world, groups=groups)
-             for r in range(world)]
+    views = [EpochBatches(n, size, seed=7, lengths=lengths, rank=r, world_size=world, groups=groups,
+                          max_group=max_group) for r in range(world)]
+    sizes = np.bincount(groups)
+    units = int(sizes.astype(bool).sum() if max_group is None else np.ceil(sizes / max_group).sum())
     for epoch in (0, 1):
         shards = [v.rank_batches(epoch) for v in views]
         assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(views[0])
         assert sorted(i for s in shards for b in s for i in b) == list(range(n))  # each pair once per epoch
         assert [len(b) for s in zip(*shards, strict=True) for b in s] == [
             k for b in views[0].global_batches(epoch) for k in views[0].shard_sizes(len(b))]
-        # a group is cut only where a batch (or a rank's share of one) ends: pieces <= groups + cuts
+        # a group (or a piece of max_group) is cut only where a batch or a rank's share ends
         pieces = sum(len(set(groups[b].tolist())) for s in shards for b in s)
-        assert pieces <= len(set(groups.tolist())) + len(views[0]) * world
+        assert pieces <= units + len(views[0]) * world
+        # pieces are placed apart: a batch mixes more groups than whole groups would give (checked unsorted:
+        # with lengths, this epoch of 2 windows sorts a group's pieces, which share a length, back together;
+        # 100k pairs make 60 windows and a group's pieces rarely share one)
+        if max_group and not with_lengths:
+            whole = EpochBatches(n, size, seed=7, lengths=lengths, groups=groups).global_batches(epoch)
+            mixed = views[0].global_batches(epoch)
+            assert np.mean([len(set(groups[b].tolist())) for b in mixed]) > 1.5 * np.mean(
+                [len(set(groups[b].tolist())) for b in whole])
         if with_lengths:  # and the groups of a batch have similar lengths
             spread = np.mean([np.ptp(lengths[b]) for b in views[0].global_batches(epoch)])
             assert spread < 20
