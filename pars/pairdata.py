@@ -300,7 +300,6 @@ class PairIndex:
         la, lb = self.table.lengths[self.a], self.table.lengths[self.b]
         return np.maximum(la, lb) * (int(self.table.lengths.max(initial=0)) + 1) + np.minimum(la, lb)
 
-
     def group_ids(self) -> np.ndarray:
         """Group of each pair for prompt-grouped batching: its prompt A. The pair files pair every row with up to
         ~10 partners as prompt A, so a batch of whole groups encodes ~1.1 prompts per pair instead of 2."""

@@ -163,6 +163,8 @@ def check_args(args: argparse.Namespace) -> None:
         args.group_by_length = fast_pairs
     if args.group_by_prompt is None:
         args.group_by_prompt = fast_pairs
+    if args.prompt_group_size is not None and not args.group_by_prompt:
+        raise PARSError("--prompt-group-size cuts the groups of --group-by-prompt, which is off here")
 
 
 def set_seed(seed: int) -> None:

@@ -243,6 +243,8 @@ def test_original_batching_refuses_what_the_original_lacks(tiny_model_dir, tiny_
         train.main([*common, "--group-by-length"])
     with pytest.raises(PARSError, match="--group-by-prompt"):
         train.main([*common, "--group-by-prompt"])
+    with pytest.raises(PARSError, match="--prompt-group-size cuts"):  # would be silently ignored otherwise
+        train.main([*common, "--prompt-group-size", "4"])
 
 
 def test_streamed_pair_file_reads_as_json_load(tiny_data, tmp_path):
