@@ -36,6 +36,8 @@ import httpx
 import numpy as np
 from _common import free_port, rss_mib
 
+from pars.httpclient import pool_limits
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -221,7 +223,7 @@ async def drive(url: str, endpoint: str, prompts: list[str], concurrency: int, r
     scored = 0
     issued = 0
     rss: list[tuple[float, float]] = []
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = pool_limits(concurrency, concurrency)
 
     def body_of(k: int) -> tuple[bytes, int]:
         if endpoint == "/score":

@@ -43,6 +43,8 @@ import numpy as np
 from _common import free_port, rss_mib, stop_process
 from tqdm import tqdm
 
+from pars.httpclient import pool_limits
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -73,6 +75,7 @@ class Record:
     status: int | None  # None: no answer (connection failed, or abandoned on purpose)
     latency_s: float
     ok: bool  # as expected (200 for a valid request, the planned 4xx, an abandoned disconnect)
+    error: str | None = None  # what went wrong when not ok: the exception, or the unexpected answer
 
 
 @dataclass
@@ -136,7 +139,7 @@ async def client_loop(load: Load, client: httpx.AsyncClient, host: str, port: in
     while time.monotonic() < stop_at:
         kind = load.rng.choices(kinds, weights)[0]
         started = time.monotonic()
-        status, ok = None, False
+        status, ok, error = None, False, None
         try:
             if kind == "disconnect":
                 if load.rng.random() < 0.5:
@@ -156,20 +159,23 @@ async def client_loop(load: Load, client: httpx.AsyncClient, host: str, port: in
                     r = await client.post(path, json=body)
                 status = r.status_code
                 ok = status == expected and "message" in r.json()
+                error = None if ok else f"{path}: expected {expected}, got {status}: {r.text[:200]}"
             else:
                 path, body = load.valid_request(kind)
                 r = await client.post(path, json=body)
                 status = r.status_code
                 ok = status == 200
-        except (httpx.HTTPError, OSError, ValueError):
-            ok = False  # a valid request that got no answer, or a non-JSON error body: an error
-        load.records.append(Record(started - load.t0, kind, status, time.monotonic() - started, ok))
+                error = None if ok else f"{path}: got {status}: {r.text[:200]}"
+        except (httpx.HTTPError, OSError, ValueError) as e:
+            # A valid request that got no answer, or a non-JSON error body: an error.
+            ok, error = False, f"{kind}: {type(e).__name__}: {e!r}"[:300]
+        load.records.append(Record(started - load.t0, kind, status, time.monotonic() - started, ok, error))
 
 
 async def run_load(load: Load, url: str, concurrency: int, seconds: float, desc: str) -> None:
     host, port = url.split("//")[1].split(":")
     stop_at = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    limits = pool_limits(concurrency, concurrency)  # idle connections dropped before the server's keep-alive ends
     async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         tasks = [asyncio.create_task(client_loop(load, client, host, int(port), stop_at)) for _ in range(concurrency)]
         with tqdm(total=int(seconds), desc=desc, unit="s", leave=False) as bar:
@@ -261,6 +267,7 @@ def summarize(load: Load, samples: list[Sample], rss_start: float, rss_end: floa
                     "median_last_fifth": round(last, 1), "median_growth": round((last - first) / first, 4),
                     "min": round(min(rss, default=rss_start), 1), "max": round(max(rss, default=rss_end), 1)},
         "server_unhandled_exceptions": server_log.count("Exception in ASGI application"),
+        "error_examples": [r.error for r in measured if not r.ok][:20],
         "by_kind": by_kind,
         "samples": [asdict(s) for s in samples],
         "passed": errors == 0 and growth <= args.max_rss_growth and (last - first) / first <= args.max_rss_growth
@@ -369,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"soak: {seconds:g} s after {args.warmup_seconds:g} s warm-up, {args.concurrency} clients")
     for k, v in rows:
         print(f"  {k:<{width}}  {v}")
+    for example in result["error_examples"]:
+        print(f"  error: {example}")
     print(f"{'PASS' if result['passed'] else 'FAIL'}: errors must be 0, RSS growth at most "
           f"{args.max_rss_growth:.0%}; wrote {args.output} and {png}")
     return 0 if result["passed"] else 1

@@ -304,9 +304,11 @@ async def run_cell(policy: Policy, trace: Sequence[Request], arrivals: Sequence[
     import httpx
     from tqdm import tqdm
 
+    from pars.httpclient import pool_limits
+
     bodies = [body_of(policy, r, model, stream) for r in trace]
     # No pool limit: a limit would queue requests in the client, in arrival order, where vLLM cannot see them.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=len(trace))
+    limits = pool_limits(None, len(trace))
     bar = tqdm(total=len(trace), desc=desc, leave=False, disable=quiet, mininterval=1.0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0), limits=limits) as client:
         t0 = time.perf_counter() + 0.05  # every task is created before the first is due

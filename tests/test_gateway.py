@@ -14,6 +14,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 from contextlib import contextmanager
 
 import httpx
@@ -284,6 +285,29 @@ def test_upstream_down_is_a_502_from_the_gateway(predictor):
     with serve(create_app(settings)) as url:
         response = httpx.post(url + "/v1/completions", json={"prompt": "hi"})
     assert response.status_code == 502 and response.json()["error"]["type"] == "bad_gateway"
+
+
+def test_idle_upstream_connections_are_dropped_before_the_upstream_closes_them():
+    """A request sent on a pooled connection just as the upstream closes it fails ("Server disconnected
+    without sending a response"); the gateway's pool drops idle connections before uvicorn's keep-alive
+    timeout (vLLM's too) ends, and reuses them before that."""
+    import uvicorn
+
+    assert GatewaySettings().upstream_keepalive_expiry_s < uvicorn.Config(app=None).timeout_keep_alive
+    ports: list[int] = []
+
+    async def completions(request: Request) -> Response:
+        ports.append(request.client.port)
+        return JSONResponse({"choices": []})
+
+    upstream_app = Starlette(routes=[Route("/v1/completions", completions, methods=["POST"])])
+    with serve(upstream_app) as upstream_url:
+        settings = GatewaySettings(upstream_url=upstream_url, scorer="none", upstream_keepalive_expiry_s=0.3)
+        with serve(create_app(settings)) as url, httpx.Client(base_url=url) as client:
+            for pause in (0.0, 0.0, 0.8):
+                time.sleep(pause)
+                assert client.post("/v1/completions", json={"prompt": "hi"}).status_code == 200
+    assert ports[0] == ports[1] != ports[2]  # kept alive back to back; a new connection after the idle pause
 
 
 def test_bad_setting_stops_startup_with_one_line():

@@ -23,6 +23,7 @@ from pars.gateway.prompts import SCORED_PATHS
 from pars.gateway.proxy import forward, has_body
 from pars.gateway.scorers import make_scorer
 from pars.gateway.settings import GatewaySettings
+from pars.httpclient import pool_limits
 from pars.serving.lifespan import OneLineStartupErrors
 
 log = logging.getLogger("pars.gateway")
@@ -51,7 +52,7 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
             app.state.startup_error = str(exc)
             raise
         timeout = httpx.Timeout(s.upstream_read_timeout_s, connect=s.upstream_connect_timeout_s)
-        limits = httpx.Limits(max_connections=s.upstream_max_connections, max_keepalive_connections=256)
+        limits = pool_limits(s.upstream_max_connections, 256, s.upstream_keepalive_expiry_s)
         app.state.upstream = httpx.AsyncClient(base_url=s.upstream_url, timeout=timeout, limits=limits)
         app.state.settings, app.state.scorer = s, scorer
         app.state.prioritizer = Prioritizer(s, scorer, metrics)

@@ -15,6 +15,7 @@ from typing import Protocol
 import httpx
 
 from pars.gateway.settings import GatewaySettings
+from pars.httpclient import pool_limits
 
 log = logging.getLogger("pars.gateway")
 
@@ -43,7 +44,7 @@ class RemoteScorer:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # The timeout of one call is the caller's own: nobody waits on the answer longer than that.
         self.client = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s, transport=transport,
-                                        limits=httpx.Limits(max_connections=32, max_keepalive_connections=32))
+                                        limits=pool_limits(32, 32))
         self.gather_s = gather_s
         self.max_batch = max_batch
         self._pending: list[tuple[str, asyncio.Future[float]]] = []

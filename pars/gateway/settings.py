@@ -7,6 +7,8 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from pars.httpclient import KEEPALIVE_EXPIRY_S
+
 
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", protected_namespaces=())
@@ -20,6 +22,9 @@ class GatewaySettings(BaseSettings):
     # None: unlimited. A pool limit would queue requests inside the gateway, in arrival order, where
     # vLLM's priority scheduler cannot see them.
     upstream_max_connections: int | None = Field(default=None, ge=1)
+    # Idle pooled connections to the upstream are dropped after this; keep it below the upstream's own
+    # keep-alive timeout (vLLM: 5 s) or a request can race the server's close (pars/httpclient.py).
+    upstream_keepalive_expiry_s: float = Field(default=KEEPALIVE_EXPIRY_S, gt=0)
 
     # How prompts are scored. remote: the predictor service's /score_batch; local: the ranker in this
     # process (configured by the service's own PREDICTOR_* variables); none: every request neutral
