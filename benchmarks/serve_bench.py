@@ -89,23 +89,33 @@ def in_process_limit(args, prompts: list[str], backend: str) -> dict:
             "batch1_prompts": len(single), "batch1_prompts_per_s": len(single) / single_s}
 
 
-def parse_server(spec: str) -> tuple[str, str, int | None]:
-    """'batching:onnx-int8:1' -> ('batching', 'onnx-int8', 1): runner, backend (default torch) and
-    inference threads (default --threads, else physical cores)."""
-    runner, _, rest = spec.strip().partition(":")
+def parse_server(spec: str) -> tuple[str, str, int | None, dict[str, str]]:
+    """'batching:onnx-int8:1@PREDICTOR_MAX_WAIT_MS=5+PREDICTOR_MAX_BATCH_SIZE=32' ->
+    ('batching', 'onnx-int8', 1, {'PREDICTOR_MAX_WAIT_MS': '5', ...}): runner, backend (default torch),
+    inference threads (default --threads, else physical cores) and this server's own environment (after '@',
+    KEY=VALUE items joined by '+'), so that variants of one setting run side by side."""
+    spec, _, env_spec = spec.strip().partition("@")
+    env = {}
+    for kv in filter(None, env_spec.split("+")):
+        key, eq, value = kv.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--servers: {kv!r}: expected KEY=VALUE after '@'")
+        env[key.strip()] = value.strip()
+    runner, _, rest = spec.partition(":")
     backend, _, threads = rest.partition(":")
     if runner not in ("batching", "per_request"):
         raise SystemExit(f"--servers: {spec!r}: the runner must be batching or per_request")
     if threads and not threads.isdigit():
         raise SystemExit(f"--servers: {spec!r}: threads must be a positive integer")
-    return runner, backend or "torch", int(threads) if threads else None
+    return runner, backend or "torch", int(threads) if threads else None, env
 
 
 class Server:
     def __init__(self, args, spec: str, log_path: Path) -> None:
-        self.runner, self.backend, threads = parse_server(spec)
+        self.runner, self.backend, threads, own_env = parse_server(spec)
         threads = threads or args.threads
-        self.name = f"{self.runner}:{self.backend}" + (f":{threads}" if threads else "")
+        self.name = f"{self.runner}:{self.backend}" + (f":{threads}" if threads else "") + "".join(
+            f"@{k.removeprefix('PREDICTOR_').lower()}={v}" for k, v in own_env.items())
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PREDICTOR_MODEL_PATH": str(Path(args.model_path).resolve()),
@@ -119,6 +129,7 @@ class Server:
         for kv in args.server_env:
             k, _, v = kv.partition("=")
             env[k] = v
+        env |= own_env
         self.log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "scripts.serve_predictor_score:app", "--host", "127.0.0.1",
@@ -142,8 +153,8 @@ class Server:
     def metrics(self) -> dict[str, float]:
         text = httpx.get(self.url + "/metrics", timeout=10).text
         out = {}
-        for name in ("pars_batch_size_prompts_sum", "pars_batch_size_prompts_count", "pars_batch_real_tokens_total",
-                     "pars_batch_padded_tokens_total", "pars_inference_seconds_sum"):
+        for name in ("pars_forward_overhead_tokens", "pars_batch_size_prompts_sum", "pars_batch_size_prompts_count",
+                     "pars_batch_real_tokens_total", "pars_batch_padded_tokens_total", "pars_inference_seconds_sum"):
             found = re.search(rf"^{name} ([0-9.e+-]+)$", text, flags=re.M)
             out[name] = float(found.group(1)) if found else 0.0
         return out
@@ -307,12 +318,14 @@ def counters_delta(before: dict, after: dict, seconds: float) -> dict:
 def run_servers(args, prompts: list[str], out_dir: Path) -> tuple[list[dict], dict | None, list[dict]]:
     """All servers up at once (idle ones cost nothing), then every (endpoint, level) cell on each server in
     turn, the order rotated from cell to cell, so drifting machine load hits every server alike."""
-    servers = [Server(args, spec, out_dir / f"server_{spec.replace(':', '_')}.log") for spec in args.servers]
+    servers = [Server(args, spec, out_dir / f"server_{re.sub(r'[^A-Za-z0-9_.-]', '_', spec)}.log")
+               for spec in args.servers]
     infos, results, soak = [], [], None
     try:
         for server in servers:
             info = {"mode": server.name, "ready_after_s": server.wait_ready()}
             info["rss_mib_ready"] = rss_mib(server.proc.pid)
+            info["forward_overhead_tokens"] = server.metrics()["pars_forward_overhead_tokens"]  # as the warm-up set it
             # warm the HTTP path and the model at the shapes to come
             run_async(drive(server.url, "/score", prompts, 8, 64, 1, 30, client_kind=args.client))
             infos.append(info)
@@ -406,8 +419,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--levels", default="1,8,32,128", help="concurrent clients, comma-separated")
     p.add_argument("--endpoints", default="/score,/score_batch")
     p.add_argument("--servers", default="batching:onnx-int8,batching:torch,per_request:torch",
-                   help="servers to compare, runner:backend (runner batching or per_request; backend torch, onnx "
-                        "or onnx-int8); per_request:torch is the original release's way of serving")
+                   help="servers to compare, runner:backend[:threads][@KEY=VALUE+KEY=VALUE] (runner batching or "
+                        "per_request; backend torch, onnx or onnx-int8; after '@' that server's own environment, e.g. "
+                        "batching:onnx-int8@PREDICTOR_FORWARD_OVERHEAD_TOKENS=128); per_request:torch is the "
+                        "original release's way of serving; the first batching server is the one judged")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
                    help="load generator: raw (minimal keep-alive HTTP/1.1, least CPU taken from the server) or httpx")
     p.add_argument("--onnx-cache-dir", default=None, help="PREDICTOR_ONNX_CACHE_DIR for the servers")

@@ -19,7 +19,7 @@ import pytest
 from serving_helpers import PROMPTS, start_server, wait_ready
 
 from pars.scoring import PromptScorer
-from pars.serving.batcher import InferenceEngine, plan_sub_batches
+from pars.serving.batcher import InferenceEngine, overhead_from_timings, plan_sub_batches
 from pars.serving.observability import Metrics
 
 
@@ -68,6 +68,45 @@ def test_plan_sub_batches_covers_in_order_and_respects_limits():
         assert end - start == 1 or (end - start) * lengths[end - 1] <= 1024
     # short prompts are not padded to the longest ones
     assert lengths[spans[0][1] - 1] < 128
+
+
+def test_overhead_fit_recovers_the_fixed_cost_and_clamps():
+    a, b = 0.004, 0.0001  # 4 ms per pass, 0.1 ms per padded token: a pass costs as much as 40 tokens
+    assert overhead_from_timings([(x, a + b * x) for x in (32, 256, 64, 512)]) == 40
+    assert overhead_from_timings([(x, 0.01 - 1e-6 * x) for x in (32, 256)]) == 4096  # more tokens cost no more
+    assert overhead_from_timings([(x, -0.001 + b * x) for x in (32, 256)]) == 0
+
+
+class _TimedScorer:
+    """A scorer whose passes take 20 ms + 0.05 ms per padded token of a fake clock."""
+
+    def __init__(self, direct: PromptScorer) -> None:
+        self.direct, self.now = direct, 0.0
+
+    def __getattr__(self, name):
+        return getattr(self.direct, name)
+
+    def score_ids(self, ids):
+        self.now += 0.020 + 0.00005 * len(ids) * max(len(x) for x in ids)
+        return [0.0] * len(ids)
+
+
+def test_warm_up_measures_the_forward_overhead_unless_it_is_set(direct, monkeypatch):
+    import pars.serving.batcher as batcher
+
+    fake = _TimedScorer(direct)
+    monkeypatch.setattr(batcher.time, "perf_counter", lambda: fake.now)
+    measured = InferenceEngine(fake, Metrics(), max_batch_size=8, max_batch_tokens=4096, overhead_tokens=None)
+    fixed = InferenceEngine(fake, Metrics(), max_batch_size=8, max_batch_tokens=4096, overhead_tokens=7)
+    try:
+        assert measured.overhead_tokens == batcher.FORWARD_OVERHEAD_TOKENS  # until the warm-up
+        measured.warm_up(rounds=1)
+        fixed.warm_up(rounds=1)
+    finally:
+        measured.close()
+        fixed.close()
+    assert measured.overhead_tokens == 400 and fixed.overhead_tokens == 7  # 20 ms / 0.05 ms per token
+    assert measured.metrics.forward_overhead_tokens._value.get() == 400
 
 
 def test_batched_with_strangers_equals_alone(direct):

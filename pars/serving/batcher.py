@@ -24,7 +24,13 @@ from pars.serving.settings import Settings
 
 # Fixed cost of one forward pass, in padded-token equivalents: how many padded tokens splitting a
 # batch in two must save to be worth a second pass (small matrix products run less efficiently).
-FORWARD_OVERHEAD_TOKENS = 128
+# The warm-up measures it (`calibrate_overhead`); this is the value without a warm-up. Measured on the
+# 2-core CPU here with MiniLM: 15-50 for torch, about 10 for ONNX Runtime fp32, 30-50 for its int8; on a
+# GPU a pass costs the same over a wide range of shapes, so there it is in the thousands.
+FORWARD_OVERHEAD_TOKENS = 64
+# Calibration shapes: (prompts, tokens) pairs timed to fit  time = a + b * padded tokens.
+_CALIBRATION_SHAPES = ((1, 32), (8, 32), (1, 64), (8, 64))
+_CALIBRATION_MAX_TOKENS = 4096
 
 
 log = logging.getLogger("pars.serving")
@@ -68,13 +74,32 @@ def plan_sub_batches(lengths: Sequence[int], max_size: int, max_tokens: int,
     return spans[::-1]
 
 
+def overhead_from_timings(timings: Sequence[tuple[int, float]]) -> int:
+    """Least-squares fit of  seconds = a + b * padded tokens  over (padded tokens, seconds) samples;
+    the fixed cost a in tokens (a / b), clamped to [0, 4096] (a noisy fit can give a < 0 or b <= 0)."""
+    n = len(timings)
+    mean_x = sum(x for x, _ in timings) / n
+    mean_y = sum(y for _, y in timings) / n
+    var = sum((x - mean_x) ** 2 for x, _ in timings)
+    if var == 0:
+        return FORWARD_OVERHEAD_TOKENS
+    b = sum((x - mean_x) * (y - mean_y) for x, y in timings) / var
+    a = mean_y - b * mean_x
+    if b <= 0:  # a pass costs no more for more tokens: batch as much as possible
+        return _CALIBRATION_MAX_TOKENS
+    return int(round(min(max(a / b, 0.0), _CALIBRATION_MAX_TOKENS)))
+
+
 class InferenceEngine:
     """The model on one dedicated thread; everything that touches it runs there, one call at a time."""
 
     def __init__(self, scorer: PromptScorer, metrics: Metrics, max_batch_size: int, max_batch_tokens: int,
-                 overhead_tokens: int = FORWARD_OVERHEAD_TOKENS, heap_trim_interval_s: float = 0.0) -> None:
+                 overhead_tokens: int | None = FORWARD_OVERHEAD_TOKENS, heap_trim_interval_s: float = 0.0) -> None:
         self.scorer = scorer
-        self.overhead_tokens = overhead_tokens
+        # None: measured by warm_up (until then, the default).
+        self.calibrate = overhead_tokens is None
+        self.overhead_tokens = FORWARD_OVERHEAD_TOKENS if overhead_tokens is None else overhead_tokens
+        metrics.forward_overhead_tokens.set(self.overhead_tokens)
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -129,6 +154,24 @@ class InferenceEngine:
         for _ in range(rounds):
             for n, length in sorted(shapes):
                 self._forward_padded([[self.pad_id + 1] * min(length, self.scorer.max_length)] * n)
+        if self.calibrate:
+            self.overhead_tokens = self.calibrate_overhead()
+            self.metrics.forward_overhead_tokens.set(self.overhead_tokens)
+            log.info("forward-pass overhead measured at %d padded tokens", self.overhead_tokens)
+
+    def calibrate_overhead(self, repeats: int = 5) -> int:
+        """The fixed cost of a forward pass in padded-token equivalents on this device, backend and model,
+        from the medians of `repeats` timed passes of a few shapes (interleaved, so drifting load hits all)."""
+        shapes = [(n, min(length, self.scorer.max_length)) for n, length in _CALIBRATION_SHAPES]
+        times: dict[tuple[int, int], list[float]] = {shape: [] for shape in shapes}
+        for _ in range(repeats):
+            for n, length in shapes:
+                ids = [[self.pad_id + 1] * length] * n
+                started = time.perf_counter()
+                self.scorer.score_ids(ids)  # not _forward_padded: calibration is not traffic in the metrics
+                times[(n, length)].append(time.perf_counter() - started)
+        medians = [(n * length, sorted(t)[len(t) // 2]) for (n, length), t in times.items()]
+        return overhead_from_timings(medians)
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)

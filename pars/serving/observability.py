@@ -40,6 +40,9 @@ class Metrics:
         self.inference = Histogram("pars_inference_seconds", "time of one forward pass",
                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.ready = Gauge("pars_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.forward_overhead_tokens = Gauge(
+            "pars_forward_overhead_tokens", "fixed cost of one forward pass in padded tokens (measured at warm-up "
+            "unless PREDICTOR_FORWARD_OVERHEAD_TOKENS is set): the padding a split must save", registry=r)
 
     def observe_forward(self, prompts: int, padded_tokens: int, real_tokens: int, seconds: float) -> None:
         self.prompts.inc(prompts)

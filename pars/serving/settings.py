@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     max_batch_tokens: int = Field(default=8192, ge=1)  # padded tokens per forward pass
     # Fixed cost of one forward pass in padded-token equivalents: a batch is split into length-sorted
     # sub-batches only where that saves more padded tokens than this per extra pass.
-    forward_overhead_tokens: int = Field(default=128, ge=0)
+    # None: measured during the warm-up on this device and backend (pars/serving/batcher.py).
+    forward_overhead_tokens: int | None = Field(default=None, ge=0)
     # CPU: give freed heap memory back to the OS at most this often (glibc malloc_trim; 0: never), so
     # RSS stays flat under ever-changing batch shapes (pars/serving/memory.py).
     heap_trim_interval_s: float = Field(default=1.0, ge=0)

@@ -1,0 +1,16 @@
+"""benchmarks/serve_bench.py's server specs: runner, backend, threads and a server's own environment."""
+
+from __future__ import annotations
+
+import pytest
+from serving_helpers import load_benchmark
+
+
+def test_server_spec_with_its_own_environment():
+    sb = load_benchmark("serve_bench")
+    assert sb.parse_server("per_request") == ("per_request", "torch", None, {})
+    assert sb.parse_server("batching:onnx-int8:1@PREDICTOR_FORWARD_OVERHEAD_TOKENS=128+PREDICTOR_MAX_WAIT_MS=5") == (
+        "batching", "onnx-int8", 1, {"PREDICTOR_FORWARD_OVERHEAD_TOKENS": "128", "PREDICTOR_MAX_WAIT_MS": "5"})
+    for bad in ("batching:torch@NOVALUE", "sometimes:torch", "batching:torch:two"):
+        with pytest.raises(SystemExit):
+            sb.parse_server(bad)
