@@ -434,7 +434,7 @@ def plot(results: list[dict], limits: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 4.8))
     for mode in dict.fromkeys(r["mode"] for r in results):
         for endpoint, style in (("/score", "-o"), ("/score_batch", "--s")):
             rs = [r for r in results if r["mode"] == mode and r["endpoint"] == endpoint]
@@ -454,7 +454,7 @@ def plot(results: list[dict], limits: list[dict], path: Path) -> None:
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
     ax2.set_yscale("log")
-    ax1.legend(fontsize=8)
+    ax2.legend(*ax1.get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
