@@ -19,7 +19,7 @@ import pytest
 from serving_helpers import PROMPTS, start_server, wait_ready
 
 from pars.scoring import PromptScorer
-from pars.serving.batcher import InferenceEngine, overhead_from_timings, plan_sub_batches
+from pars.serving.batcher import DynamicBatcher, InferenceEngine, overhead_from_timings, plan_sub_batches
 from pars.serving.observability import Metrics
 
 
@@ -107,6 +107,52 @@ def test_warm_up_measures_the_forward_overhead_unless_it_is_set(direct, monkeypa
         fixed.close()
     assert measured.overhead_tokens == 400 and fixed.overhead_tokens == 7  # 20 ms / 0.05 ms per token
     assert measured.metrics.forward_overhead_tokens._value.get() == 400
+
+
+class _GatedEngine:
+    """Stands in for the inference engine: records each round's prompt count; the first round holds until
+    `gate` is set, so that work queues up behind it."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.rounds: list[int] = []
+
+    def score_ids(self, ids):
+        return [0.0] * len(ids)
+
+    async def run(self, fn, ids):
+        self.rounds.append(len(ids))
+        if len(self.rounds) == 1:
+            await self.gate.wait()
+        return fn(ids)
+
+
+def test_gathering_window_holds_an_idle_model_only():
+    """With a backlog (requests queued while the model was busy) a round starts at once; the window
+    (here 60 s) only makes an idle model wait for company."""
+
+    async def main() -> None:
+        engine = _GatedEngine()
+        batcher = DynamicBatcher(engine, Metrics(), max_batch_size=2, max_batch_tokens=10_000, max_wait_s=60.0,
+                                 max_queue_prompts=100)
+        batcher.start()
+        first = asyncio.create_task(batcher.score([[5, 6], [7]]))  # a full round: no window
+        while not engine.rounds:
+            await asyncio.sleep(0.01)
+        queued = asyncio.create_task(batcher.score([[8]]))  # arrives while the model is busy
+        await asyncio.sleep(0.05)
+        engine.gate.set()
+        assert await asyncio.wait_for(first, 10) == [0.0, 0.0]
+        assert await asyncio.wait_for(queued, 10) == [0.0]  # not held for the 60 s window
+        idle = asyncio.create_task(batcher.score([[9]]))  # the model is idle now: held for company
+        await asyncio.sleep(0.3)
+        assert not idle.done()
+        company = asyncio.create_task(batcher.score([[10]]))  # fills the round
+        assert await asyncio.wait_for(asyncio.gather(idle, company), 10) == [[0.0], [0.0]]
+        assert engine.rounds == [2, 1, 2]
+        await batcher.close()
+
+    asyncio.run(main())
 
 
 def test_batched_with_strangers_equals_alone(direct):
