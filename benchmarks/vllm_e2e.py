@@ -817,6 +817,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--cooldown-s", type=float, default=2.0, help="pause between runs")
     g.add_argument("--no-prime", dest="prime", action="store_false", help="skip priming (see prime())")
     g.add_argument("--probe", type=int, default=40, help="idle probe rounds for the gateway's own latency (0: none)")
+    g.add_argument("--probe-only", action="store_true", help="only the probe (no priming, no runs): prints the "
+                   "gateways' own latency and writes it to --out (JSON)")
     g.add_argument("--bootstrap", type=int, default=2000, help="bootstrap draws for the intervals")
     g.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON; the .md table and .png beside it")
     g.add_argument("--report-from", type=Path, metavar="JSON", help="redo the summary, targets, table and PNG "
@@ -870,7 +872,7 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_start = os.getloadavg()
     pars_gateways = [p for p in policies if p.kind == "gateway" and p.scorer != "none"]
-    if args.prime and pars_gateways:
+    if args.prime and pars_gateways and not args.probe_only:
         asyncio.run(prime(pars_gateways, trace, model))
     probe_result = None
     if args.probe and any(p.kind == "gateway" for p in policies):
@@ -902,6 +904,9 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
         "ttft": "measured (streaming)" if args.stream else "not measured: non-streaming requests",
         "probe": probe_result,
     }
+    if args.probe_only:
+        report["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+        return report
     runs: list[dict] = []
     partial = Path(args.out).with_suffix(".partial.json")
     partial.parent.mkdir(parents=True, exist_ok=True)
@@ -1014,9 +1019,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         servers.stop()
 
     out = Path(args.out)
+    if args.probe_only:
+        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        print(probe_table(report["probe"]))
+        print(f"\nwrote {out}")
+        return 0
     print(write_outputs(report, out))
     print(f"\nwrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return 0
+
+
+def probe_table(result: dict | None) -> str:
+    """The probe's figures: each gateway's latency, scoring time and own added latency against direct."""
+    if not result:
+        return "no probe (it needs a gateway among the policies)"
+    lines = [f"idle probe, {result['requests_per_target']} sequential 1-token requests per target; "
+             f"direct p50 {result['direct']['p50']:.2f} ms",
+             "| gateway | latency p50 ms | scoring p50 ms | own overhead p50 / p90 ms |", "|---|---|---|---|"]
+    for name, r in result.items():
+        if isinstance(r, dict) and "overhead_p50_ms" in r:
+            lines.append(f"| {name} | {r['latency_ms']['p50']:.2f} | {r['score_ms_p50']:.2f} | "
+                         f"{r['overhead_p50_ms']:.2f} / {r['overhead_p90_ms']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

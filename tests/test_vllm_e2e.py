@@ -171,6 +171,18 @@ def run_harness(data: Path, model_dir: Path, out: Path, extra: list[str], gatewa
     return json.loads(out.read_text())
 
 
+def test_probe_only_measures_the_gateway_without_runs(data, model_dir, tmp_path, capsys):
+    vllm = StandInVLLM(SLOTS, PER_TOKEN_S)
+    with ExitStack() as stack:
+        vurl = stack.enter_context(serve(vllm.app))
+        gateway = stack.enter_context(serve(create_app(GatewaySettings(upstream_url=vurl, scorer="none"))))
+        report = run_harness(data, model_dir, tmp_path / "probe.json", ["--probe-only", "--probe", "4"], [gateway],
+                             vurl)
+    assert "runs" not in report and report["probe"]["requests_per_target"] == 4
+    assert set(report["probe"]) == {"requests_per_target", "direct", "fcfs-gw"}
+    assert report["probe"]["fcfs-gw"]["own_ms"]["p50"] > 0 and "own overhead" in capsys.readouterr().out
+
+
 def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
     vllm = StandInVLLM(SLOTS, PER_TOKEN_S)
     predictor = StandInPredictor()
