@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pars.scoring import PromptScorer
 from pars.serving.memory import HeapTrimmer
 from pars.serving.observability import Metrics
@@ -25,7 +27,7 @@ from pars.serving.settings import Settings
 # Fixed cost of one forward pass, in padded-token equivalents: how many padded tokens splitting a
 # batch in two must save to be worth a second pass (small matrix products run less efficiently).
 # The warm-up measures it (`calibrate_overhead`); this is the value without a warm-up. Measured on the
-# 2-core CPU here with MiniLM: 15-50 for torch, about 10 for ONNX Runtime fp32, 30-50 for its int8; on a
+# 2-core CPU here with MiniLM: 15-64 for torch, about 10 for ONNX Runtime fp32, 11-50 for its int8; on a
 # GPU a pass costs the same over a wide range of shapes, so there it is in the thousands.
 FORWARD_OVERHEAD_TOKENS = 64
 # Calibration shapes: (prompts, tokens) pairs timed to fit  time = a + b * padded tokens.
@@ -77,14 +79,10 @@ def plan_sub_batches(lengths: Sequence[int], max_size: int, max_tokens: int,
 def overhead_from_timings(timings: Sequence[tuple[int, float]]) -> int:
     """Least-squares fit of  seconds = a + b * padded tokens  over (padded tokens, seconds) samples;
     the fixed cost a in tokens (a / b), clamped to [0, 4096] (a noisy fit can give a < 0 or b <= 0)."""
-    n = len(timings)
-    mean_x = sum(x for x, _ in timings) / n
-    mean_y = sum(y for _, y in timings) / n
-    var = sum((x - mean_x) ** 2 for x, _ in timings)
-    if var == 0:
+    x, y = np.asarray(timings, dtype=float).T
+    if np.ptp(x) == 0:  # one size only: nothing to fit
         return FORWARD_OVERHEAD_TOKENS
-    b = sum((x - mean_x) * (y - mean_y) for x, y in timings) / var
-    a = mean_y - b * mean_x
+    b, a = np.polyfit(x, y, 1)
     if b <= 0:  # a pass costs no more for more tokens: batch as much as possible
         return _CALIBRATION_MAX_TOKENS
     return int(round(min(max(a / b, 0.0), _CALIBRATION_MAX_TOKENS)))
