@@ -474,7 +474,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="servers to compare, runner:backend[:threads][@KEY=VALUE+KEY=VALUE] (runner batching or "
                         "per_request; backend torch, onnx or onnx-int8; after '@' that server's own environment, e.g. "
                         "batching:onnx-int8@PREDICTOR_FORWARD_OVERHEAD_TOKENS=128); per_request:torch is the "
-                        "original release's way of serving; the first batching server is the one judged")
+                        "original release's way of serving; the first batching server on the fastest backend is judged")
     p.add_argument("--client", choices=("raw", "httpx"), default="raw",
                    help="load generator: raw (minimal keep-alive HTTP/1.1, least CPU taken from the server) or httpx")
     p.add_argument("--onnx-cache-dir", default=None, help="PREDICTOR_ONNX_CACHE_DIR for the servers")
