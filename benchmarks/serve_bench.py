@@ -469,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     p.add_argument("--levels", default="1,8,32,128", help="concurrent clients, comma-separated")
-    p.add_argument("--endpoints", default="/score,/score_batch")
+    p.add_argument("--endpoints", default="/score,/score_batch", help="comma-separated, from /score and /score_batch")
     p.add_argument("--servers", default="batching:onnx-int8,batching:torch,per_request:torch",
                    help="servers to compare, runner:backend[:threads][@KEY=VALUE+KEY=VALUE] (runner batching or "
                         "per_request; backend torch, onnx or onnx-int8; after '@' that server's own environment, e.g. "
@@ -497,6 +497,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.endpoints = [x.strip() for x in args.endpoints.split(",") if x.strip()]
+    unknown = [e for e in args.endpoints if e not in ("/score", "/score_batch")]
+    if unknown:
+        p.error(f"--endpoints: unknown {', '.join(unknown)} (use /score and/or /score_batch)")
     args.servers = [x.strip() for x in args.servers.split(",") if x.strip()]
     for spec in args.servers:
         parse_server(spec)

@@ -14,3 +14,10 @@ def test_server_spec_with_its_own_environment():
     for bad in ("batching:torch@NOVALUE", "sometimes:torch", "batching:torch:two"):
         with pytest.raises(SystemExit):
             sb.parse_server(bad)
+
+
+def test_an_unknown_endpoint_is_refused_before_any_server_starts(capsys):
+    sb = load_benchmark("serve_bench")
+    with pytest.raises(SystemExit):
+        sb.main(["--model-path", "m.pt", "--model-name", "tiny", "--endpoints", "score"])
+    assert "unknown score" in capsys.readouterr().err
