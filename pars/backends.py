@@ -171,10 +171,10 @@ def load_onnx_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None,
 
 def load_inference_model(model_name: str, checkpoint: str | os.PathLike[str] | None, backend: str = "torch",
                          cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
-                         log: Callable[[str], None] = print) -> PairwiseRanker | OnnxRanker:
+                         spin: bool = False, log: Callable[[str], None] = print) -> PairwiseRanker | OnnxRanker:
     """What PromptScorer runs for `backend`: the torch ranker, or its ONNX Runtime export."""
     if backend == "torch":
         return load_ranker(model_name, checkpoint)
     if backend not in BACKENDS:
         raise PARSError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
-    return load_onnx_ranker(model_name, checkpoint, backend, cache_dir, threads=threads, log=log)
+    return load_onnx_ranker(model_name, checkpoint, backend, cache_dir, threads=threads, spin=spin, log=log)

@@ -36,6 +36,10 @@ def test_fp32_graph_scores_equal_torch_and_do_not_depend_on_batch_mates(tiny_mod
     np.testing.assert_allclose(together, alone, atol=1e-5)
     ids = scorer.encode(PROMPTS)
     np.testing.assert_allclose(scorer.score_ids(ids[::-1]), together[::-1], atol=1e-5)
+    spinning = load_onnx_ranker(str(tiny_model_dir), checkpoint, "onnx", onnx_cache, threads=2, spin=True,
+                                log=lambda _: None)
+    np.testing.assert_allclose(PromptScorer(spinning, tokenizer, max_length=128, device="cpu").score(PROMPTS),
+                               together, atol=1e-5)
 
 
 def test_int8_graph_is_smaller_and_close_to_fp32(tiny_model_dir, checkpoint, tokenizer, onnx_cache, direct):
@@ -81,7 +85,8 @@ def test_unknown_backend_and_bad_checkpoint_are_one_line_errors(tiny_model_dir, 
 def test_service_on_the_onnx_backend_answers_torch_scores(tiny_model_dir, checkpoint, onnx_cache, direct):
     proc, url = start_server({"PREDICTOR_MODEL_PATH": str(checkpoint), "PREDICTOR_MODEL_NAME": str(tiny_model_dir),
                               "PREDICTOR_DEVICE": "cpu", "PREDICTOR_NUM_THREADS": "1",
-                              "PREDICTOR_BACKEND": "onnx", "PREDICTOR_ONNX_CACHE_DIR": str(onnx_cache)})
+                              "PREDICTOR_BACKEND": "onnx", "PREDICTOR_ONNX_CACHE_DIR": str(onnx_cache),
+                              "PREDICTOR_ONNX_SPIN": "1"})
     try:
         wait_ready(proc, url)
         got = httpx.post(url + "/score_batch", json={"prompts": PROMPTS}, timeout=30).json()["scores"]

@@ -69,7 +69,8 @@ def load_scorer(settings: Settings) -> PromptScorer:
             raise PARSError(f"PREDICTOR_BACKEND={settings.backend} runs on CPU in float32; "
                             f"use PREDICTOR_BACKEND=torch for {device} / {settings.dtype}")
     model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
-                                 settings.onnx_cache_dir, threads=settings.threads(), log=log.warning)
+                                 settings.onnx_cache_dir, threads=settings.threads(), spin=settings.onnx_spin,
+                                 log=log.warning)
     scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
     if dtype != torch.float32:
         scorer.model.to(dtype)

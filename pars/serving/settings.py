@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     # onnx (fp32, same scores as torch) or onnx-int8 (int8 weights, close ranking); exported once, cached.
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     onnx_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/pars/onnx or ~/.cache/pars/onnx
+    # ONNX Runtime's workers busy-wait between operators: faster passes, but CPU taken from the HTTP layer.
+    onnx_spin: bool = False
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16: CUDA only
     num_threads: int | None = Field(default=None, ge=1, le=1024)  # torch intra-op threads; None: physical cores
     warmup: bool = True  # a few forward passes before /ready turns 200
