@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from pars.errors import PARSError
 from pars.jsonio import read_json
+from pars.padding import plan_passes
 
 
 def check_pair(item: Any, i: int, what: str, path: str | os.PathLike[str]) -> None:
@@ -195,7 +196,7 @@ def in_batch_pairs(lengths: torch.Tensor, threshold: float) -> tuple[torch.Tenso
 
 # A batch's prompts are sorted by length and cut into at most MAX_PASSES forward passes; each cut beyond the
 # first pass must save at least SPLIT_MIN_SAVED_TOKENS padded tokens: below that, the fixed cost of the extra
-# pass (kernel launches, the pooler, Python) outweighs it.
+# pass (kernel launches, the pooler, Python) outweighs it. The cut itself is pars/padding.py's, as in serving.
 SPLIT_MIN_SAVED_TOKENS = 64
 MAX_PASSES = 4
 
@@ -331,33 +332,10 @@ def split_sorted(lengths: np.ndarray, max_passes: int = MAX_PASSES) -> tuple[np.
     pad the fewest tokens, each extra pass counted as SPLIT_MIN_SAVED_TOKENS more. Returns (position of each
     prompt in the concatenated passes, the prompt positions of each pass)."""
     order = np.argsort(lengths, kind="stable")
-    ordered = np.asarray(lengths, dtype=np.int64)[order]
-    m = len(order)
-    # cost[k][e]: fewest padded tokens (plus penalties) for the first e sorted prompts in k+1 passes; a pass
-    # over sorted prompts s..e-1 pads to the last one's length. O(max_passes * m^2) on arrays of m <= a batch.
-    cost = np.full((max_passes, m + 1), np.inf)
-    cut = np.zeros((max_passes, m + 1), dtype=np.int64)
-    if m:
-        cost[0, 1:] = np.arange(1, m + 1) * ordered
-    cost[0, 0] = 0.0
-    for k in range(1, max_passes):
-        for e in range(1, m + 1):
-            starts = np.arange(1, e)  # the last pass holds prompts s..e-1, s >= 1
-            if not len(starts):
-                continue
-            total = cost[k - 1, starts] + (e - starts) * ordered[e - 1] + SPLIT_MIN_SAVED_TOKENS
-            best = int(np.argmin(total))
-            cost[k, e], cut[k, e] = total[best], starts[best]
-    k = int(np.argmin(cost[:, m]))  # argmin takes the fewest passes on a tie
-    bounds = [m]
-    while k > 0:
-        bounds.append(int(cut[k, bounds[-1]]))
-        k -= 1
-    bounds.append(0)
-    bounds.reverse()
-    passes = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)] if m else [order]
-    restore = np.empty(m, dtype=np.int64)
-    restore[order] = np.arange(m)
+    spans = plan_passes(np.asarray(lengths)[order], SPLIT_MIN_SAVED_TOKENS, max_passes=max_passes)
+    passes = [order[start:end] for start, end in spans] if spans else [order]
+    restore = np.empty(len(order), dtype=np.int64)
+    restore[order] = np.arange(len(order))
     return restore, passes
 
 

@@ -19,7 +19,7 @@ import pytest
 from serving_helpers import PROMPTS, start_server, wait_ready
 
 from pars.scoring import PromptScorer
-from pars.serving.batcher import DynamicBatcher, InferenceEngine, overhead_from_timings, plan_sub_batches
+from pars.serving.batcher import DynamicBatcher, InferenceEngine, overhead_from_timings
 from pars.serving.observability import Metrics
 
 
@@ -56,18 +56,6 @@ def scores_alone(direct: PromptScorer, prompts: list[str]) -> list[float]:
 
 
 # --- batching correctness -------------------------------------------------------------------------
-
-
-def test_plan_sub_batches_covers_in_order_and_respects_limits():
-    lengths = sorted([3, 3, 4, 5, 9, 10, 30, 31, 120, 128] * 7)
-    spans = plan_sub_batches(lengths, max_size=16, max_tokens=1024, overhead=32)
-    assert spans[0][0] == 0 and spans[-1][1] == len(lengths)
-    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
-    for start, end in spans:
-        assert end - start <= 16
-        assert end - start == 1 or (end - start) * lengths[end - 1] <= 1024
-    # short prompts are not padded to the longest ones
-    assert lengths[spans[0][1] - 1] < 128
 
 
 def test_overhead_fit_recovers_the_fixed_cost_and_clamps():

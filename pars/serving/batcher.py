@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pars.padding import plan_passes
 from pars.scoring import PromptScorer
 from pars.serving.memory import HeapTrimmer
 from pars.serving.observability import Metrics
@@ -49,31 +50,6 @@ class QueueFullError(Exception):
 
 class ShuttingDownError(Exception):
     """The service is stopping and takes no new work (HTTP 503)."""
-
-
-def plan_sub_batches(lengths: Sequence[int], max_size: int, max_tokens: int,
-                     overhead: int = FORWARD_OVERHEAD_TOKENS) -> list[tuple[int, int]]:
-    """Split prompts sorted by ascending length into contiguous sub-batches [start, end) that
-    minimise padded tokens + `overhead` per forward pass, each of at most `max_size` prompts and
-    `max_tokens` padded tokens (a single prompt always fits). Exact, by dynamic programming."""
-    n = len(lengths)
-    best = [0.0] + [float("inf")] * n
-    cut = [0] * (n + 1)
-    for end in range(1, n + 1):
-        longest = lengths[end - 1]
-        for start in range(end - 1, max(-1, end - 1 - max_size), -1):
-            size = end - start
-            padded = size * longest
-            if size > 1 and padded > max_tokens:
-                break
-            cost = best[start] + padded + overhead
-            if cost < best[end]:
-                best[end], cut[end] = cost, start
-    spans, end = [], n
-    while end > 0:
-        spans.append((cut[end], end))
-        end = cut[end]
-    return spans[::-1]
 
 
 def overhead_from_timings(timings: Sequence[tuple[int, float]]) -> int:
@@ -133,8 +109,7 @@ class InferenceEngine:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         lengths = [len(ids[i]) for i in order]
         scores = [0.0] * len(ids)
-        for start, end in plan_sub_batches(lengths, self.max_batch_size, self.max_batch_tokens,
-                                             self.overhead_tokens):
+        for start, end in plan_passes(lengths, self.overhead_tokens, self.max_batch_size, self.max_batch_tokens):
             idx = order[start:end]
             for i, s in zip(idx, self._forward_padded([ids[i] for i in idx]), strict=True):
                 scores[i] = s
