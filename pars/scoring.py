@@ -50,8 +50,9 @@ def pad_ids(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, to
 class PromptScorer:
     """Scores prompts; a higher score means a longer expected response.
 
-    Thread-safe: concurrent callers take turns on the model, since interleaved forward passes
-    on the same cores only slow each other down.
+    Thread-safe: concurrent callers take turns on the model, `concurrency` at a time (1 by default:
+    interleaved multi-threaded passes on the same cores only slow each other down; the service allows
+    PREDICTOR_INFERENCE_WORKERS passes of fewer threads each).
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class PromptScorer:
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = 128,
         device: str | torch.device | None = None,
+        concurrency: int = 1,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
@@ -67,7 +69,8 @@ class PromptScorer:
         self.max_length = max_length
         pad = tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
-        self._lock = threading.Lock()
+        # Forward passes that may run at once from different threads (the model is only read in them).
+        self._slots = threading.BoundedSemaphore(concurrency)
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Pad to the longest prompt of the call, truncate at max_length."""
@@ -91,7 +94,7 @@ class PromptScorer:
         if not ids:
             return []
         input_ids, attention_mask = pad_ids(ids, self.pad_id)
-        with self._lock:
+        with self._slots:
             return self._forward({"input_ids": input_ids, "attention_mask": attention_mask})
 
     def score(self, prompts: Sequence[str]) -> list[float]:
@@ -99,7 +102,7 @@ class PromptScorer:
         if not prompts:
             return []
         batch = self.tokenize(prompts)
-        with self._lock:
+        with self._slots:
             return self._forward(batch)
 
     def score_many(self, prompts: Sequence[str], batch_size: int = 64, progress: bool = False) -> list[float]:

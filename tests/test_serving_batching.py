@@ -101,7 +101,8 @@ class _GatedEngine:
     """Stands in for the inference engine: records each round's prompt count; the first round holds until
     `gate` is set, so that work queues up behind it."""
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers
         self.gate = asyncio.Event()
         self.rounds: list[int] = []
 
@@ -143,6 +144,30 @@ def test_gathering_window_holds_an_idle_model_only():
     asyncio.run(main())
 
 
+def test_a_second_worker_takes_a_round_while_the_first_is_busy_and_close_waits_for_both():
+    async def main() -> None:
+        engine = _GatedEngine(workers=2)
+        batcher = DynamicBatcher(engine, Metrics(), max_batch_size=4, max_batch_tokens=10_000, max_wait_s=0.0,
+                                 max_queue_prompts=100)
+        batcher.start()
+        held = asyncio.create_task(batcher.score([[5, 6], [7]]))  # the first round holds its worker
+        while not engine.rounds:
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(batcher.score([[8]]))
+        assert await asyncio.wait_for(second, 10) == [0.0]  # the other worker: not queued behind the held round
+        third = asyncio.create_task(batcher.score([[9]]))
+        await asyncio.sleep(0.05)
+        closing = asyncio.create_task(batcher.close())
+        await asyncio.sleep(0.05)
+        assert not held.done() and not closing.done()  # close() waits for the running round
+        engine.gate.set()
+        await asyncio.wait_for(closing, 10)
+        assert held.result() == [0.0, 0.0] and third.result() == [0.0]
+        assert engine.rounds == [2, 1, 1]
+
+    asyncio.run(main())
+
+
 def test_batched_with_strangers_equals_alone(direct):
     engine = InferenceEngine(direct, Metrics(), max_batch_size=4, max_batch_tokens=10_000)
     try:
@@ -173,6 +198,24 @@ def test_concurrent_requests_are_batched_and_score_as_alone(server, direct):
     for body in bodies[len(PROMPTS) * 4 :]:
         assert body["scores"] == pytest.approx([alone[p] for p in body["prompts"]], abs=1e-5)
     assert metric(server, "pars_batch_size_prompts_sum") == before + len(PROMPTS) * 7
+
+
+def test_two_inference_workers_score_concurrent_requests_as_alone(base_env, direct):
+    proc, url = start_server({**base_env, "PREDICTOR_INFERENCE_WORKERS": "2", "PREDICTOR_NUM_THREADS": "2"})
+
+    async def fire() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/score", json={"prompt": p}) for p in PROMPTS * 6))
+
+    try:
+        wait_ready(proc, url)
+        responses = asyncio.run(fire())
+        assert all(r.status_code == 200 for r in responses)
+        alone = dict(zip(PROMPTS, scores_alone(direct, PROMPTS), strict=True))
+        for r in responses:
+            assert r.json()["score"] == pytest.approx(alone[r.json()["prompt"]], abs=1e-5)
+    finally:
+        stop(proc)
 
 
 def test_per_request_mode_scores_the_same(base_env, direct):

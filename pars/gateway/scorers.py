@@ -126,7 +126,7 @@ class LocalScorer:
         from pars.serving.settings import Settings
 
         s = self._settings if self._settings is not None else Settings()
-        torch.set_num_threads(s.threads())
+        torch.set_num_threads(s.threads_per_worker())
         scorer = await run_in_threadpool(load_scorer, s)
         metrics = Metrics()
         self.engine, self.runner = build_runner(scorer, s, metrics, batching=True)

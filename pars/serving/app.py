@@ -69,9 +69,10 @@ def load_scorer(settings: Settings) -> PromptScorer:
             raise PARSError(f"PREDICTOR_BACKEND={settings.backend} runs on CPU in float32; "
                             f"use PREDICTOR_BACKEND=torch for {device} / {settings.dtype}")
     model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
-                                 settings.onnx_cache_dir, threads=settings.threads(), spin=settings.onnx_spin,
-                                 log=log.warning)
-    scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
+                                 settings.onnx_cache_dir, threads=settings.threads_per_worker(),
+                                 spin=settings.onnx_spin, log=log.warning)
+    scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device,
+                          concurrency=settings.inference_workers)
     if dtype != torch.float32:
         scorer.model.to(dtype)
     return scorer
@@ -142,7 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.status, app.state.status_message = "loading", "loading the model"
         try:
             s = settings if settings is not None else Settings()
-            torch.set_num_threads(s.threads())
+            torch.set_num_threads(s.threads_per_worker())
             scorer = await run_in_threadpool(load_scorer, s)
         except ValidationError as exc:
             err = exc.errors()[0]

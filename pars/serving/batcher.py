@@ -65,10 +65,12 @@ def overhead_from_timings(timings: Sequence[tuple[int, float]]) -> int:
 
 
 class InferenceEngine:
-    """The model on one dedicated thread; everything that touches it runs there, one call at a time."""
+    """The model on `workers` dedicated threads; everything that touches it runs there, at most `workers`
+    calls at a time (the model is only read: torch in inference mode and ONNX Runtime sessions allow it)."""
 
     def __init__(self, scorer: PromptScorer, metrics: Metrics, max_batch_size: int, max_batch_tokens: int,
-                 overhead_tokens: int | None = FORWARD_OVERHEAD_TOKENS, heap_trim_interval_s: float = 0.0) -> None:
+                 overhead_tokens: int | None = FORWARD_OVERHEAD_TOKENS, heap_trim_interval_s: float = 0.0,
+                 workers: int = 1) -> None:
         self.scorer = scorer
         # None: measured by warm_up (until then, the default).
         self.calibrate = overhead_tokens is None
@@ -78,7 +80,8 @@ class InferenceEngine:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.pad_id = scorer.pad_id
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-inference")
+        self.workers = workers
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pars-inference")
         # Freed activation buffers otherwise stay resident (pars/serving/memory.py); CPU only: CUDA
         # tensors are not malloc's.
         self.heap = HeapTrimmer(heap_trim_interval_s if scorer.device.type == "cpu" else 0.0)
@@ -256,22 +259,36 @@ class DynamicBatcher:
         return items, False
 
     async def _run(self) -> None:
-        # close() queues the sentinel after every admitted item, so reaching it means all is done.
-        while True:
-            # Work that queued up while the model was busy goes at once: the gathering window is there to
-            # let an idle model wait for company, and with a backlog it would only idle the model (at 8
-            # clients it cost about a tenth of the model's time, one window per round).
-            backlog = self._carry is not None or not self._queue.empty()
-            first = await self._next(None)
-            if first is None:
-                return
-            if first.future.done():
-                self.admission.release(len(first.ids))
-                continue
-            items, met_sentinel = await self._gather(first, wait=not backlog)
-            await self._process(items)
-            if met_sentinel:  # read only when nothing was carried over: the queue is drained
-                return
+        # A round is gathered only once an inference worker is free, so that while all are busy, arrivals
+        # pile up into the next round. close() queues the sentinel after every admitted item, so reaching
+        # it means all is gathered; the rounds still running are awaited.
+        free = asyncio.Semaphore(self.engine.workers)
+        running: set[asyncio.Task] = set()
+        try:
+            while True:
+                await free.acquire()
+                # Work that queued up while the workers were busy goes at once: the gathering window is there
+                # to let an idle model wait for company, and with a backlog it would only idle the model (at 8
+                # clients it cost about a tenth of the model's time, one window per round).
+                backlog = self._carry is not None or not self._queue.empty()
+                first = await self._next(None)
+                if first is None:
+                    return
+                if first.future.done():
+                    self.admission.release(len(first.ids))
+                    free.release()
+                    continue
+                items, met_sentinel = await self._gather(first, wait=not backlog)
+                task = asyncio.get_running_loop().create_task(self._process(items), name="pars-batch")
+                running.add(task)
+                task.add_done_callback(running.discard)
+                task.add_done_callback(lambda _: free.release())
+                task.add_done_callback(_log_crash)
+                if met_sentinel:  # read only when nothing was carried over: the queue is drained
+                    return
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
 
     async def _process(self, items: list[_Item]) -> None:
         now = time.perf_counter()
@@ -350,7 +367,7 @@ def build_runner(scorer: PromptScorer, settings: Settings, metrics: Metrics,
     runner still has to be started inside the event loop."""
     s = settings
     engine = InferenceEngine(scorer, metrics, s.max_batch_size, s.max_batch_tokens, s.forward_overhead_tokens,
-                             heap_trim_interval_s=s.heap_trim_interval_s)
+                             heap_trim_interval_s=s.heap_trim_interval_s, workers=s.inference_workers)
     if s.batching if batching is None else batching:
         return engine, DynamicBatcher(engine, metrics, s.max_batch_size, s.max_batch_tokens, s.max_wait_ms / 1000,
                                       s.max_queue_prompts)
