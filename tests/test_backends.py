@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
 import torch
-from serving_helpers import PROMPTS, start_server, wait_ready
+from serving_helpers import PROMPTS, load_benchmark, start_server, wait_ready
 from transformers import AutoTokenizer
 
 from pars.backends import GRAPH_FILE, cache_key, load_onnx_ranker
@@ -94,3 +96,20 @@ def test_service_on_the_onnx_backend_answers_torch_scores(tiny_model_dir, checkp
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_backend_bench_compares_half_precision_with_fp32(tiny_model_dir, checkpoint, tmp_path):
+    bb = load_benchmark("backend_bench")
+    data = tmp_path / "val_data.json"
+    data.write_text(json.dumps([{"prompt": p, "answer_length": 10 * (i + 1)} for i, p in enumerate(PROMPTS)]))
+    out = tmp_path / "bb"
+    bb.main(["--checkpoint", str(checkpoint), "--model-name", str(tiny_model_dir), "--data", str(data),
+             "--backends", "torch,torch-bfloat16", "--repeats", "1", "--batch1-prompts", "2", "--threads", "1",
+             "--out", str(out)])
+    rows = {r["backend"]: r for r in json.loads(out.with_suffix(".json").read_text())["results"]}
+    assert rows["torch"]["max_abs_diff_vs_torch_fp32"] == 0.0
+    assert 0.0 < rows["torch-bfloat16"]["max_abs_diff_vs_torch_fp32"] < 0.05  # bf16 rounding, nothing worse
+    with pytest.raises(SystemExit):
+        bb.main(["--checkpoint", str(checkpoint), "--data", str(data), "--backends", "torch-fp8"])
+    with pytest.raises(SystemExit):
+        bb.main(["--checkpoint", str(checkpoint), "--data", str(data), "--backends", "onnx", "--device", "cuda"])
