@@ -11,7 +11,8 @@ memory (the training process's own ru_maxrss, written to its metrics.json) is pe
 - with --ddp: the fast mode on one process and under `torchrun --nproc_per_node=N` (gloo on CPU) with the
   same global batch and steps, to compare their val accuracy;
 - with --seeds 43,44: each of --modes once per seed (and `fast-no-prompt-groups`, the fast mode without
-  --group-by-prompt, if asked), with the per-seed val accuracy differences from the original (or from
+  --group-by-prompt, or `fast-no-length-groups`, without --group-by-length, if asked), with the per-seed
+  val accuracy differences from the original (or from
   `fast-ungrouped`, the original's batches at the fast path's speed, when the original is not run): how much
   of a difference after a short budget is noise.
 
@@ -46,7 +47,9 @@ MODES = {"fast": ["--batching", "fast"], "original": ["--batching", "original"],
          # the original's batches and loss at the fast path's speed (the same weights with dropout off: tested),
          # for accuracy comparisons at budgets where the original mode itself would take hours
          "fast-ungrouped": ["--batching", "fast", "--no-group-by-prompt", "--no-group-by-length"],
-         "fast-prompt-groups-4": ["--batching", "fast", "--prompt-group-size", "4"]}
+         "fast-prompt-groups-4": ["--batching", "fast", "--prompt-group-size", "4"],
+         # pairs that share prompt A batched together, batches otherwise in random order (no length sort)
+         "fast-no-length-groups": ["--batching", "fast", "--no-group-by-length"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OMP_NUM_THREADS of a single-process run (default: the CPUs this process may use).")
     p.add_argument("--modes", nargs="+", choices=tuple(MODES), default=["fast", "original"],
                    help="Modes to run, in this order (fast-no-prompt-groups: fast with --no-group-by-prompt; "
-                        "fast-ungrouped: also --no-group-by-length, the original's batches).")
+                        "fast-ungrouped: also --no-group-by-length, the original's batches; fast-no-length-groups: "
+                        "fast with --no-group-by-length only).")
     p.add_argument("--in-batch", action="store_true",
                    help="Also train --pairing in-batch for the original mode's training time (equal wall time).")
     p.add_argument("--in-batch-size", type=int, default=64, help="Rows per step of the in-batch run.")
