@@ -8,6 +8,7 @@ only where the cut saves more padding than the extra pass costs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,41 +28,60 @@ def plan_passes(lengths: Sequence[int] | np.ndarray, overhead: float, max_size: 
         raise ValueError("plan_passes needs lengths sorted in ascending order")
     if max_passes is not None and max_passes < 1:
         raise ValueError(f"max_passes must be at least 1, got {max_passes}")
-    lowest = [max(0, e - max_size) if max_size else 0 for e in range(n + 1)]
+    if max_passes is None:
+        return _plan_any_number(ordered.tolist(), overhead, max_size, max_tokens)
+    return _plan_at_most(ordered, overhead, max_size, max_tokens, max_passes)
 
-    def extend(prev: np.ndarray, cur: np.ndarray, cut: np.ndarray) -> None:
-        # cur[e]: cheapest cost of the first e prompts whose last pass is s..e-1, on top of prev[s].
-        # With prev is cur (no pass limit), prev[s] for s < e is final by the time e is reached.
-        for e in range(1, n + 1):
-            starts = np.arange(lowest[e], e)
-            sizes = e - starts
-            padded = sizes * ordered[e - 1]
-            total = prev[starts] + padded + overhead
-            if max_tokens is not None:
-                total[(sizes > 1) & (padded > max_tokens)] = np.inf
-            best = int(np.argmin(total))
-            cur[e], cut[e] = total[best], starts[best]
 
-    if max_passes is None:  # one table: the best cost of e prompts over any number of passes
-        cost = np.full(n + 1, np.inf)
-        cost[0] = 0.0
-        cut = np.zeros(n + 1, dtype=np.int64)
-        extend(cost, cost, cut)
-        spans, end = [], n
-        while end > 0:
-            spans.append((int(cut[end]), end))
-            end = int(cut[end])
-        return spans[::-1]
+def _plan_any_number(ordered: list[int], overhead: float, max_size: int | None,
+                     max_tokens: int | None) -> list[tuple[int, int]]:
+    # cost[e]: cheapest cut of the first e prompts; the last pass s..e-1 costs (e - s) * ordered[e-1] +
+    # overhead. Each cost[e] needs every cost[s < e] first, so this is a loop; in plain Python, since
+    # serving plans a few prompts per round, where numpy's per-call cost would dominate.
+    n = len(ordered)
+    cost = [0.0] + [math.inf] * n
+    cut = [0] * (n + 1)
+    for e in range(1, n + 1):
+        longest = ordered[e - 1]
+        for start in range(max(0, e - max_size) if max_size else 0, e):  # ascending: ties keep fewer passes
+            size = e - start
+            padded = size * longest
+            if size > 1 and max_tokens is not None and padded > max_tokens:
+                continue
+            total = cost[start] + padded + overhead
+            if total < cost[e]:
+                cost[e], cut[e] = total, start
+    spans, end = [], n
+    while end > 0:
+        spans.append((cut[end], end))
+        end = cut[end]
+    return spans[::-1]
 
-    # One table per pass count: cost[k][e] is the best cost of e prompts in exactly k+1 passes.
+
+def _plan_at_most(ordered: np.ndarray, overhead: float, max_size: int | None, max_tokens: int | None,
+                  max_passes: int) -> list[tuple[int, int]]:
+    # cost[k][e]: cheapest cut of the first e prompts into exactly k+1 passes. Layer k depends only on
+    # layer k-1, so each layer is one array operation over every (start, end) pair: training plans a whole
+    # batch's prompts (hundreds) at every step.
+    n = len(ordered)
+    sizes = np.arange(n + 1)[None, :] - np.arange(n + 1)[:, None]  # [start, end]: prompts in the pass
+    padded = sizes * np.concatenate([[0], ordered])[None, :]
+    allowed = sizes >= 1
+    if max_size:
+        allowed &= sizes <= max_size
+    if max_tokens is not None:
+        allowed &= (sizes == 1) | (padded <= max_tokens)
+    step = np.where(allowed, padded + overhead, np.inf)
     layers = min(max_passes, n)
     cost = np.full((layers, n + 1), np.inf)
     cut = np.zeros((layers, n + 1), dtype=np.int64)
-    start = np.full(n + 1, np.inf)
-    start[0] = 0.0
-    extend(start, cost[0], cut[0])
-    for k in range(1, layers):
-        extend(cost[k - 1], cost[k], cut[k])
+    prev = np.full(n + 1, np.inf)
+    prev[0] = 0.0
+    for k in range(layers):
+        total = prev[:, None] + step
+        cut[k] = np.argmin(total, axis=0)  # the first minimum: the smallest start
+        cost[k] = total[cut[k], np.arange(n + 1)]
+        prev = cost[k]
     if not np.isfinite(cost[:, n]).any():
         raise ValueError(f"{n} prompts do not fit in {max_passes} passes of at most {max_size} prompts")
     k = int(np.argmin(cost[:, n]))  # argmin takes the fewest passes on a tie
