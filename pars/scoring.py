@@ -50,9 +50,9 @@ def pad_ids(ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, to
 class PromptScorer:
     """Scores prompts; a higher score means a longer expected response.
 
-    Thread-safe: concurrent callers take turns on the model, `concurrency` at a time (1 by default:
-    interleaved multi-threaded passes on the same cores only slow each other down; the service allows
-    PREDICTOR_INFERENCE_WORKERS passes of fewer threads each).
+    Thread-safe: concurrent callers take turns on the model, one at a time unless `set_concurrency` says
+    otherwise (interleaved multi-threaded passes on the same cores only slow each other down; the service
+    runs PREDICTOR_INFERENCE_WORKERS passes of fewer threads each).
     """
 
     def __init__(
@@ -61,7 +61,6 @@ class PromptScorer:
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = 128,
         device: str | torch.device | None = None,
-        concurrency: int = 1,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
@@ -69,8 +68,12 @@ class PromptScorer:
         self.max_length = max_length
         pad = tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
-        # Forward passes that may run at once from different threads (the model is only read in them).
-        self._slots = threading.BoundedSemaphore(concurrency)
+        self._slots = threading.BoundedSemaphore(1)
+
+    def set_concurrency(self, passes: int) -> None:
+        """Let `passes` forward passes run at once from different threads (the model is only read in them):
+        for a caller that bounds its own concurrency, as the service's inference engine does."""
+        self._slots = threading.BoundedSemaphore(passes)
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Pad to the longest prompt of the call, truncate at max_length."""

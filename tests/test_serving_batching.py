@@ -16,6 +16,7 @@ import time
 
 import httpx
 import pytest
+import torch
 from serving_helpers import PROMPTS, start_server, wait_ready
 
 from pars.scoring import PromptScorer
@@ -166,6 +167,27 @@ def test_a_second_worker_takes_a_round_while_the_first_is_busy_and_close_waits_f
         assert engine.rounds == [2, 1, 1]
 
     asyncio.run(main())
+
+
+def test_an_engine_with_two_workers_runs_two_passes_at_once(direct):
+    class _MeetingModel:
+        """Each pass waits at a barrier for a second pass: passes run one at a time never get through."""
+
+        def __init__(self) -> None:
+            self.barrier = threading.Barrier(2, timeout=10)
+
+        def score(self, input_ids, attention_mask):
+            self.barrier.wait()
+            return torch.zeros(len(input_ids))
+
+    scorer = PromptScorer(_MeetingModel(), direct.tokenizer, max_length=16, device="cpu")
+    engine = InferenceEngine(scorer, Metrics(), max_batch_size=8, max_batch_tokens=4096, overhead_tokens=7,
+                             workers=2)
+    try:
+        passes = [engine.executor.submit(engine.score_ids, [[5, 6, 7]]) for _ in range(2)]
+        assert [p.result(timeout=20) for p in passes] == [[0.0], [0.0]]
+    finally:
+        engine.close()
 
 
 def test_batched_with_strangers_equals_alone(direct):

@@ -82,6 +82,7 @@ class InferenceEngine:
         self.pad_id = scorer.pad_id
         self.workers = workers
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pars-inference")
+        scorer.set_concurrency(workers)  # the executor bounds the passes; the scorer must not serialize them
         # Freed activation buffers otherwise stay resident (pars/serving/memory.py); CPU only: CUDA
         # tensors are not malloc's.
         self.heap = HeapTrimmer(heap_trim_interval_s if scorer.device.type == "cpu" else 0.0)
