@@ -327,12 +327,13 @@ class RowIndex:
         return self.table.lengths[self.prompt]
 
 
-def split_sorted(lengths: np.ndarray, max_passes: int = MAX_PASSES) -> tuple[np.ndarray, list[np.ndarray]]:
+def split_sorted(lengths: np.ndarray, max_passes: int = MAX_PASSES,
+                 overhead: int = SPLIT_MIN_SAVED_TOKENS) -> tuple[np.ndarray, list[np.ndarray]]:
     """Sort a batch's prompts by token length and cut it into the forward passes (at most `max_passes`) that
-    pad the fewest tokens, each extra pass counted as SPLIT_MIN_SAVED_TOKENS more. Returns (position of each
+    pad the fewest tokens, each extra pass counted as `overhead` tokens more. Returns (position of each
     prompt in the concatenated passes, the prompt positions of each pass)."""
     order = np.argsort(lengths, kind="stable")
-    spans = plan_passes(np.asarray(lengths)[order], SPLIT_MIN_SAVED_TOKENS, max_passes=max_passes)
+    spans = plan_passes(np.asarray(lengths)[order], overhead, max_passes=max_passes)
     passes = [order[start:end] for start, end in spans] if spans else [order]
     restore = np.empty(len(order), dtype=np.int64)
     restore[order] = np.arange(len(order))

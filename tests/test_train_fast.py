@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from serving_helpers import load_benchmark
 from transformers import AutoTokenizer
 
 from pars import train
@@ -297,3 +298,10 @@ def test_train_bench_seed_sweep_reports_per_seed_differences(tiny_model_dir, tin
     assert fast["reference"] == "fast-ungrouped"
     want = [round(runs[("fast", s)]["val_accuracy"] - runs[("fast-ungrouped", s)]["val_accuracy"], 4) for s in (1, 2)]
     assert fast["val_accuracy_minus_reference_per_seed"] == want
+
+
+def test_train_step_bench_refuses_malformed_pass_variants():
+    bench = load_benchmark("train_step_bench")
+    for bad in ("4", "0:64", "four:64", ""):
+        with pytest.raises(SystemExit):
+            bench.main(["--passes", bad])
