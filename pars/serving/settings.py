@@ -43,8 +43,8 @@ class Settings(BaseSettings):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16: CUDA only
     num_threads: int | None = Field(default=None, ge=1, le=1024)  # intra-op threads in all; None: physical cores
     # Forward passes that may run at once, each on its own thread with num_threads / workers intra-op threads.
-    # Small passes use several threads poorly: here two 1-thread ONNX Runtime passes side by side scored 14 %
-    # more batch-1 prompts/s than one 2-thread pass.
+    # Small passes use several threads poorly, but a long prompt's pass on fewer threads takes longer: here
+    # 2 workers gave 4-7 % more prompts/s and a worse p99 at 8 clients (predictor_serving/README.md).
     inference_workers: int = Field(default=1, ge=1, le=64)
     warmup: bool = True  # a few forward passes before /ready turns 200
 
