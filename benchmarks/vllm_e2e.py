@@ -13,7 +13,10 @@ The trace: --num-requests rows of --data (val_data.json: prompt, answer_content)
 its true answer length in tokens of the served model's tokenizer (capped by --max-tokens-cap), "ignore_eos":
 true so vLLM produces exactly that many tokens, non-streaming /v1/completions (or --stream, for TTFT).
 Arrivals: Poisson at each --rates value, drawn once from --seed as unit-rate gaps scaled by 1/rate, so every
-policy, every repeat and every rate replays the same requests in the same order.
+policy, every repeat and every rate replays the same requests in the same order. With --load-factors the
+rates are multiples of the capacity measured just before the runs (a burst that keeps every vLLM slot busy:
+tokens/s over the trace's mean max_tokens), so a load factor means the same on a fast day of this VM as on
+a slow one; the burst is repeated before each repeat and recorded, the rates stay fixed.
 
 Policies, interleaved (each repeat runs every policy once per rate, the order rotated between repeats):
   fcfs            straight to vLLM, priority 0 for all (ties go by arrival: FCFS)
@@ -576,6 +579,34 @@ async def prime(gateways: Sequence[Policy], trace: Sequence[Request], model: str
         await asyncio.gather(*(one(g.url, req) for g in gateways for req in trace))
 
 
+async def measure_capacity(url: str, model: str, trace: Sequence[Request], slots: int, tokens: int,
+                           waves: int = 2) -> dict[str, float]:
+    """vLLM's decode throughput with every slot busy: `waves` x `slots` trace prompts sent at once, each
+    answered with exactly `tokens` tokens; output tokens per second over the burst's makespan. Divided by
+    the trace's mean max_tokens it gives the requests/s the server sustains on this trace, which is what
+    --load-factors scale: a load factor means the same on a fast day of the VM as on a slow one."""
+    import httpx
+
+    n = waves * slots
+    reqs = [trace[i % len(trace)] for i in range(n)]
+    async with httpx.AsyncClient(timeout=httpx.Timeout(None, connect=10.0),
+                                 limits=httpx.Limits(max_connections=n)) as client:
+        async def one(req: Request) -> None:
+            body = {"model": model, "prompt": req.prompt, "max_tokens": tokens, "ignore_eos": True,
+                    "temperature": 0.0, "priority": 0}
+            r = await client.post(url + "/v1/completions", json=body)
+            if r.status_code != 200:
+                raise SystemExit(f"capacity burst: HTTP {r.status_code} {r.text[:200]}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(r) for r in reqs))
+        seconds = time.perf_counter() - started
+    tps = n * tokens / seconds
+    mean_tokens = float(np.mean([r.max_tokens for r in trace]))
+    return {"requests": n, "tokens_each": tokens, "seconds": seconds, "tokens_per_s": tps,
+            "trace_requests_per_s": tps / mean_tokens}
+
+
 # ----------------------------------------------------------------------------------------------- servers
 
 
@@ -770,6 +801,12 @@ def parser() -> argparse.ArgumentParser:
                    "(and --start serves it)")
     g.add_argument("--num-requests", type=int, default=100, help="requests per run")
     g.add_argument("--rates", type=floats, default=[0.8, 1.2, 1.6], help="arrival rates, requests/s, comma list")
+    g.add_argument("--load-factors", type=floats, default=None, help="instead of --rates: offered load as a "
+                   "multiple of the capacity measured before the runs (see --capacity-tokens), comma list; "
+                   "rates = factor x capacity, the same for every repeat")
+    g.add_argument("--capacity-tokens", type=int, default=128, help="the capacity burst: 2 x --max-num-seqs "
+                   "requests of this many tokens each, sent at once, before the runs and again before each "
+                   "repeat (recorded, to show drift)")
     g.add_argument("--max-tokens-cap", type=int, default=1024, help="max_tokens = min(true length, this)")
     g.add_argument("--max-model-len", type=int, default=2048, help="rows whose prompt + max_tokens exceed this "
                    "are left out")
@@ -851,7 +888,6 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
     trace, skipped = build_trace(rows, tokenizer, args.num_requests, args.seed, args.max_tokens_cap,
                                  args.max_model_len)
     gaps = unit_gaps(len(trace), args.seed)
-    arrivals = {rate: arrivals_at(gaps, rate) for rate in args.rates}
     model = args.model or model_name(vllm_url)
 
     policies = [Policy(name, vllm_url, "direct") for name in DIRECT_POLICIES]
@@ -878,6 +914,20 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
     if args.probe and any(p.kind == "gateway" for p in policies):
         targets = {"direct": vllm_url, **{p.name: p.url for p in policies if p.kind == "gateway"}}
         probe_result = asyncio.run(probe(targets, model, args.probe, args.seed))
+    capacity = None
+    if args.load_factors and not args.probe_only:
+        # After priming and the probe, and after a burst that is not counted: measured first thing, before any
+        # other traffic, it came out at 339 tokens/s against 480 a repeat later (run E's first try), and load
+        # factor 1 offered a queue-less 0.7.
+        warmup = asyncio.run(measure_capacity(vllm_url, model, trace, args.max_num_seqs, args.capacity_tokens))
+        capacity = asyncio.run(measure_capacity(vllm_url, model, trace, args.max_num_seqs, args.capacity_tokens))
+        args.rates = [round(lf * capacity["trace_requests_per_s"], 4) for lf in args.load_factors]
+        capacity["load_factors"] = {f"{rate:g}": lf for rate, lf in zip(args.rates, args.load_factors, strict=True)}
+        capacity["per_repeat"] = [{"repeat": 0, **{k: v for k, v in capacity.items() if k != "load_factors"}}]
+        capacity["warmup_burst"] = warmup
+        print(f"capacity: {capacity['tokens_per_s']:.0f} tokens/s = {capacity['trace_requests_per_s']:.3f} "
+              f"requests/s of this trace; rates {args.rates}")
+    arrivals = {rate: arrivals_at(gaps, rate) for rate in args.rates}
 
     from tqdm import tqdm
 
@@ -903,6 +953,7 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
                                            for rate in args.rates}},
         "ttft": "measured (streaming)" if args.stream else "not measured: non-streaming requests",
         "probe": probe_result,
+        "capacity": capacity,
     }
     if args.probe_only:
         report["machine"]["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -913,6 +964,9 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
     plan = [(rep, rate, policies[(k + rep) % len(policies)]) for rep in range(args.repeats) for rate in args.rates
             for k in range(len(policies))]  # policy order rotated per repeat: none is always first after a pause
     for order, (rep, rate, pol) in enumerate(tqdm(plan, desc="runs", disable=args.quiet)):
+        if capacity is not None and order > 0 and plan[order - 1][0] != rep:
+            again = asyncio.run(measure_capacity(vllm_url, model, trace, args.max_num_seqs, args.capacity_tokens))
+            capacity["per_repeat"].append({"repeat": rep, **again})
         before = gateway_health(pol.url)["fallbacks"] if pol.kind == "gateway" else None
         results, makespan = asyncio.run(run_cell(pol, trace, arrivals[rate], model, args.stream,
                                                  f"{pol.name} @ {rate:g}/s #{rep}", args.quiet))
@@ -960,6 +1014,12 @@ def write_outputs(report: dict, out: Path) -> str:
     out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     out.with_suffix(".partial.json").unlink(missing_ok=True)
     text = table(report["summary"])
+    cap = report.get("capacity")
+    if cap:
+        drift = [round(r["trace_requests_per_s"], 3) for r in cap["per_repeat"]]
+        text = (f"Capacity before the runs: {cap['tokens_per_s']:.0f} tokens/s = {cap['trace_requests_per_s']:.3f} "
+                f"requests/s of this trace (before each repeat: {drift}); load factors "
+                + ", ".join(f"{lf:g} at {rate}/s" for rate, lf in cap["load_factors"].items()) + ".\n\n" + text)
     if report["targets"]["guard_tradeoff"]:
         text += "\n\n| W s | mean / fcfs | p99 / fcfs | TTFT p99 / fcfs | gain kept vs largest W | " \
                 "oracle gain recovered |\n|---|---|---|---|---|---|\n" + "\n".join(

@@ -290,13 +290,36 @@ def test_stream_measures_ttft(data, model_dir, tmp_path):
     assert row["latency_mean_s"] == pytest.approx(first["summary"]["latency_s"]["mean"])
 
 
+def test_load_factors_scale_the_measured_capacity(data, model_dir, tmp_path):
+    vllm = StandInVLLM(SLOTS, PER_TOKEN_S)
+    with serve(vllm.app) as vurl:
+        report = run_harness(data, model_dir, tmp_path / "lf.json",
+                             ["--load-factors", "2,4", "--capacity-tokens", "5", "--max-num-seqs", str(SLOTS),
+                              "--repeats", "2", "--policies", "fcfs,oracle"], [], vurl)
+    cap = report["capacity"]
+    # the burst: 2 x max-num-seqs requests of --capacity-tokens tokens; a warm-up one (not counted) and the
+    # measured one before the runs, and another before repeat 1
+    bursts = [r for r in vllm.received if r["max_tokens"] == 5 and r["priority"] == 0]
+    assert cap["requests"] == 2 * SLOTS and len(bursts) == 3 * 2 * SLOTS
+    assert cap["warmup_burst"]["requests"] == 2 * SLOTS
+    assert cap["tokens_per_s"] == pytest.approx(cap["requests"] * 5 / cap["seconds"])
+    mean_tokens = sum(report["trace"]["max_tokens"]) / report["trace"]["n"]
+    assert cap["trace_requests_per_s"] == pytest.approx(cap["tokens_per_s"] / mean_tokens)
+    rates = [round(lf * cap["trace_requests_per_s"], 4) for lf in (2.0, 4.0)]
+    assert report["config"]["rates"] == rates  # what --report-from re-reads
+    assert cap["load_factors"] == {f"{r:g}": lf for r, lf in zip(rates, (2.0, 4.0), strict=True)}
+    assert sorted({r["rate"] for r in report["runs"]}) == rates
+    assert [r["repeat"] for r in cap["per_repeat"]] == [0, 1]
+    assert "Capacity before the runs" in (tmp_path / "lf.md").read_text()
+
+
 def test_help_describes_the_experiment(capsys):
     with pytest.raises(SystemExit) as exc:
         e2e.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
-    for flag in ("--build-model", "--rates", "--repeats", "--gateway", "--fairness-windows", "--start", "--stream",
-                 "--max-tokens-cap"):
+    for flag in ("--build-model", "--rates", "--load-factors", "--repeats", "--gateway", "--fairness-windows",
+                 "--start", "--stream", "--max-tokens-cap"):
         assert flag in text
 
 
