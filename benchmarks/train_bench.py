@@ -48,6 +48,7 @@ MODES = {"fast": ["--batching", "fast"], "original": ["--batching", "original"],
          # for accuracy comparisons at budgets where the original mode itself would take hours
          "fast-ungrouped": ["--batching", "fast", "--no-group-by-prompt", "--no-group-by-length"],
          "fast-prompt-groups-4": ["--batching", "fast", "--prompt-group-size", "4"],
+         "fast-prompt-groups-2": ["--batching", "fast", "--prompt-group-size", "2"],
          # pairs that share prompt A batched together, batches otherwise in random order (no length sort)
          "fast-no-length-groups": ["--batching", "fast", "--no-group-by-length"]}
 
