@@ -11,7 +11,8 @@ The model (the same rules as the stand-in in tests/test_vllm_e2e.py, plus time):
     then every running request gains one token; a request leaves after its max_tokens tokens;
     no preemption.
   - a step takes `--step-base-ms + --step-per-seq-ms * running + --prefill-ms-per-token * admitted prompt
-    tokens` (the defaults match the 22M Llama's throughput in vllm_e2e runs here: ~340 tokens/s at 8 seqs).
+    tokens` (the defaults give ~340 tokens/s at 8 seqs, what the 22M Llama sustained in runs A-D; without
+    prefill cost, ratios between policies depend on the load factor, not on this speed).
   - arrivals: Poisson, rate = load factor x capacity, capacity = max_num_seqs tokens per full step / mean
     max_tokens (requests/s at a full batch).
 Policies: fcfs, oracle (priority = max_tokens), prompt-length, pars@W (the gateway's rule from
