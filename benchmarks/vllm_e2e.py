@@ -1035,7 +1035,12 @@ def write_outputs(report: dict, out: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.load_factors is not None and min(args.load_factors, default=0.0) <= 0:
+        p.error("--load-factors must be positive numbers")
+    if args.capacity_tokens < 1:
+        p.error("--capacity-tokens must be at least 1")
     if args.build_model:
         if args.data is None:
             raise SystemExit("--build-model needs --data (the tokenizer is trained on its rows)")

@@ -313,6 +313,13 @@ def test_load_factors_scale_the_measured_capacity(data, model_dir, tmp_path):
     assert "Capacity before the runs" in (tmp_path / "lf.md").read_text()
 
 
+@pytest.mark.parametrize("flags", [["--load-factors", "0"], ["--load-factors", "1,-2"], ["--capacity-tokens", "0"]])
+def test_bad_load_flags_are_one_line_errors(flags, capsys):
+    with pytest.raises(SystemExit) as exc:
+        e2e.main(["--data", "d.json", "--model-dir", "m", *flags])
+    assert exc.value.code == 2 and "must be" in capsys.readouterr().err
+
+
 def test_help_describes_the_experiment(capsys):
     with pytest.raises(SystemExit) as exc:
         e2e.main(["--help"])
