@@ -300,6 +300,55 @@ async def send_one(client: Any, url: str, body: bytes, stream: bool) -> tuple[in
         return r.status_code, ({"usage": usage} if r.status_code == 200 else None), dict(r.headers), ttft
 
 
+class PredictorWatch:
+    """Polls the predictor's /ready from a thread during one run. Run E lost its predictor for the last 15 s
+    of one run (45 fallbacks, every one at the 1 s timeout) with nothing in any log; this says whether the
+    predictor itself stopped answering, and when."""
+
+    SLOW_MS = 500.0
+
+    def __init__(self, url: str | None, interval_s: float = 0.5) -> None:
+        import threading
+
+        self.url, self.interval_s = url, interval_s
+        self.polls: list[tuple[float, float | None, str | None]] = []  # (s from start, ms or None, error)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="predictor-watch", daemon=True)
+
+    def __enter__(self) -> PredictorWatch:
+        if self.url:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _loop(self) -> None:
+        import httpx
+
+        start = time.perf_counter()
+        with httpx.Client(base_url=self.url, timeout=5.0) as client:
+            while not self._stop.is_set():
+                t = time.perf_counter()
+                try:
+                    ok = client.get("/ready").status_code == 200
+                    self.polls.append((t - start, (time.perf_counter() - t) * 1000, None if ok else "not ready"))
+                except httpx.HTTPError as exc:
+                    self.polls.append((t - start, None, type(exc).__name__))
+                self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - t)))
+
+    def summary(self) -> dict | None:
+        if not self.url:
+            return None
+        ms = [m for _, m, e in self.polls if m is not None and e is None]
+        bad = [[round(t, 2), None if m is None else round(m, 1), e] for t, m, e in self.polls
+               if e is not None or m is None or m > self.SLOW_MS]
+        return {"polls": len(self.polls), "p50_ms": float(np.median(ms)) if ms else None,
+                "max_ms": max(ms) if ms else None, "slow_or_failed": bad}
+
+
 async def run_cell(policy: Policy, trace: Sequence[Request], arrivals: Sequence[float], model: str, stream: bool,
                    desc: str, quiet: bool) -> tuple[list[Result], float]:
     """Replay the trace once: each request sent at its arrival offset, all awaited; returns the results in
@@ -682,6 +731,7 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
             pproc = servers.start("predictor", uv + ["scripts.serve_predictor_score:app", "--host", "127.0.0.1",
                                                      "--port", str(pport), "--no-access-log"], ranker, serving)
             procs.append(("predictor", pproc, purl, "/ready"))
+            args.predictor_url = args.predictor_url or purl
             gw_env |= {"GATEWAY_SCORER": "remote", "GATEWAY_PREDICTOR_URL": purl}
         else:
             gw_env |= {"GATEWAY_SCORER": "local", **ranker}
@@ -819,6 +869,9 @@ def parser() -> argparse.ArgumentParser:
                    "that vLLM (repeatable): GATEWAY_SCORER=none gives policy fcfs-gw, a scoring one pars@W with W "
                    "its GATEWAY_FAIRNESS_WINDOW_S (read from /gateway/health)")
     g.add_argument("--model", help="model name sent in requests (default: vLLM's /v1/models)")
+    g.add_argument("--predictor-url", help="the predictor service the gateways call (set by --start): polled "
+                   "(GET /ready) twice a second during every run, so a stall of the predictor itself is dated and "
+                   "told apart from the gateway's own failures")
 
     g = p.add_argument_group("--start: launch vLLM, predictor and gateways here")
     g.add_argument("--start", action="store_true", help="start the servers as child processes (stopped at exit)")
@@ -967,14 +1020,20 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
         if capacity is not None and order > 0 and plan[order - 1][0] != rep:
             again = asyncio.run(measure_capacity(vllm_url, model, trace, args.max_num_seqs, args.capacity_tokens))
             capacity["per_repeat"].append({"repeat": rep, **again})
-        before = gateway_health(pol.url)["fallbacks"] if pol.kind == "gateway" else None
-        results, makespan = asyncio.run(run_cell(pol, trace, arrivals[rate], model, args.stream,
-                                                 f"{pol.name} @ {rate:g}/s #{rep}", args.quiet))
-        after = gateway_health(pol.url)["fallbacks"] if pol.kind == "gateway" else None
+        before = gateway_health(pol.url) if pol.kind == "gateway" else None
+        with PredictorWatch(args.predictor_url) as watch:
+            results, makespan = asyncio.run(run_cell(pol, trace, arrivals[rate], model, args.stream,
+                                                     f"{pol.name} @ {rate:g}/s #{rep}", args.quiet))
+        after = gateway_health(pol.url) if pol.kind == "gateway" else None
         runs.append({
             "rate": rate, "policy": pol.name, "repeat": rep, "order": order, "arrivals_sha": digest(arrivals[rate]),
             "trace_sha": digest([r.id for r in trace]),
-            "fallbacks": after - before if before is not None else None,
+            "fallbacks": after["fallbacks"] - before["fallbacks"] if before is not None else None,
+            "fallbacks_by_reason": ({k: v - before.get("fallbacks_by_reason", {}).get(k, 0)
+                                     for k, v in after.get("fallbacks_by_reason", {}).items()
+                                     if v != before.get("fallbacks_by_reason", {}).get(k, 0)}
+                                    if before is not None else None),
+            "predictor_watch": watch.summary(),
             "summary": summarize_run(results, trace, makespan, args.stream),
             "requests": [{"i": r.index, "sent_s": round(r.sent_s, 4), "lag_ms": round(r.lag_ms, 2),
                           "latency_s": r.latency_s, "ttft_s": r.ttft_s, "completion_tokens": r.completion_tokens,

@@ -3,6 +3,7 @@ benchmark harnesses as modules; a stand-in /score_batch."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import os
 import socket
@@ -115,8 +116,14 @@ def load_benchmark(name: str):
 class StandInPredictor:
     """/score_batch: long-answer prompts (they say 'essay') score high, like a perfect ranker."""
 
-    def __init__(self) -> None:
-        self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"])])
+    def __init__(self, ready_delay_s: float = 0.0) -> None:
+        self.ready_delay_s = ready_delay_s
+        self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"]),
+                                     Route("/ready", self.ready, methods=["GET"])])
+
+    async def ready(self, request: Request) -> Response:
+        await asyncio.sleep(self.ready_delay_s)
+        return JSONResponse({"status": "ready"})
 
     async def score_batch(self, request: Request) -> Response:
         prompts = (await request.json())["prompts"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import subprocess
@@ -322,19 +323,23 @@ def test_bad_setting_stops_startup_with_one_line():
 # ---------------------------------------------------------------- predictor failures and client priorities
 
 
-@pytest.mark.parametrize("failure", ["down", "slow", "error"])
-def test_predictor_failure_falls_back_to_neutral(gateway, upstream, predictor, failure):
+@pytest.mark.parametrize(("failure", "reason"), [("down", "unreachable"), ("slow", "timeout"), ("error", "error")])
+def test_predictor_failure_falls_back_to_neutral(gateway, upstream, predictor, failure, reason, caplog):
     overrides = {"predictor_timeout_ms": 100}
     if failure == "down":
         overrides["predictor_url"] = f"http://127.0.0.1:{free_port()}"
     predictor.mode = failure if failure != "down" else "ok"
-    with gateway(**overrides) as url:
-        response = complete(url, "a prompt the predictor will not score")
+    with caplog.at_level(logging.WARNING, logger="pars.gateway"), gateway(**overrides) as url:
+        responses = [complete(url, f"prompt {i} the predictor will not score") for i in range(3)]
         health = httpx.get(url + "/gateway/health").json()
-    assert response.headers["x-pars-priority-source"] == "fallback"
-    assert response.json()["priority_seen"] == sent_priority(upstream)
+    for response in responses:
+        assert response.headers["x-pars-priority-source"] == "fallback"
+    assert responses[-1].json()["priority_seen"] == sent_priority(upstream)
     assert_neutral(sent_priority(upstream))
-    assert health["fallbacks"] == 1
+    assert health["fallbacks"] == 3 and health["fallbacks_by_reason"] == {reason: 3}
+    # dated in the log once, not once per request: the next two fall within the same 10 s
+    lines = [r.getMessage() for r in caplog.records if r.name == "pars.gateway" and "fallback" in r.getMessage()]
+    assert len(lines) == 1 and f"({reason} after" in lines[0]
 
 
 def test_client_priority_respected_by_default(gateway, upstream, predictor):

@@ -16,11 +16,12 @@ import heapq
 import itertools
 import json
 import random
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from serving_helpers import StandInPredictor, load_benchmark, serve
+from serving_helpers import StandInPredictor, free_port, load_benchmark, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -197,7 +198,8 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
                                                                          fairness_window_s=0.0))))]
         rates = ",".join(f"{r:g}" for r in RATES)
         report = run_harness(data, model_dir, tmp_path / "e2e.json",
-                             ["--rates", rates, "--repeats", "2", "--probe", "3"], gateways, vurl)
+                             ["--rates", rates, "--repeats", "2", "--probe", "3", "--predictor-url", purl],
+                             gateways, vurl)
 
     assert set(report["policies"]) == {"fcfs", "oracle", "prompt-length", "fcfs-gw", "pars@1000", "pars@0"}
     for key in ("started_at", "machine", "config", "servers", "trace", "ttft", "probe", "summary", "targets", "runs"):
@@ -224,7 +226,8 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
         assert s["throughput_rps"] > 0 and s["ttft_s"] is None
         if run["policy"].startswith("pars@"):
             assert s["priority_sources"] == {"scored": N_LONG + N_SHORT} and s["score_ms"]["p50"] >= 0
-            assert run["fallbacks"] == 0
+            assert run["fallbacks"] == 0 and run["fallbacks_by_reason"] == {}
+        assert run["predictor_watch"]["polls"] >= 1  # every run, not only the gateway's: the same load for all
         if run["policy"] == "pars@1000":  # the gateway ranks every long answer behind every short one
             prio = [(q["priority"], trace["max_tokens"][q["i"]]) for q in run["requests"]]
             assert max(p for p, n in prio if n < CAP) < min(p for p, n in prio if n == CAP)
@@ -252,6 +255,23 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
     assert (tmp_path / "e2e.png").stat().st_size > 0
     assert "| oracle |" in (tmp_path / "e2e.md").read_text()
     assert not (tmp_path / "e2e.partial.json").exists()  # the per-run save is replaced by the report
+
+
+@pytest.mark.parametrize("case", ["down", "slow"])
+def test_predictor_watch_dates_a_stall(case):
+    if case == "down":
+        with e2e.PredictorWatch(f"http://127.0.0.1:{free_port()}", interval_s=0.05) as watch:
+            time.sleep(0.3)
+    else:
+        with serve(StandInPredictor(ready_delay_s=0.6).app) as purl, e2e.PredictorWatch(purl, 0.05) as watch:
+            time.sleep(0.3)  # the first poll is still waiting: the exit waits for it
+    s = watch.summary()
+    assert s["polls"] >= 1 and len(s["slow_or_failed"]) == s["polls"]
+    if case == "down":
+        assert all(ms is None and err == "ConnectError" for _, ms, err in s["slow_or_failed"]) and s["p50_ms"] is None
+    else:
+        assert all(ms > e2e.PredictorWatch.SLOW_MS and err is None for _, ms, err in s["slow_or_failed"])
+    assert e2e.PredictorWatch(None).summary() is None
 
 
 def test_stream_measures_ttft(data, model_dir, tmp_path):

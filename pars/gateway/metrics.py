@@ -22,4 +22,8 @@ class GatewayMetrics:
                                        "reached for (answered 502)", registry=r)
 
     def fallback_count(self) -> int:
-        return int(sum(s.value for m in self.fallbacks.collect() for s in m.samples if s.name.endswith("_total")))
+        return sum(self.fallbacks_by_reason().values())
+
+    def fallbacks_by_reason(self) -> dict[str, int]:
+        return {s.labels["reason"]: int(s.value) for m in self.fallbacks.collect() for s in m.samples
+                if s.name.endswith("_total")}

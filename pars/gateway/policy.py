@@ -12,6 +12,7 @@ it as it would without the gateway. A body that is not a JSON object is forwarde
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -24,6 +25,9 @@ from pars.gateway.priority import NEUTRAL_QUANTILE, PriorityClock, QuantileWindo
 from pars.gateway.prompts import prompt_text
 from pars.gateway.scorers import Scorer
 from pars.gateway.settings import GatewaySettings
+
+log = logging.getLogger("pars.gateway")
+FALLBACK_LOG_EVERY_S = 10.0  # an outage under load would otherwise log a line per request
 
 # Sources of a request's priority, sent back in x-pars-priority-source and counted in the metrics.
 SCORED, CLIENT, FALLBACK, UNSCORABLE, UNSCORED, UNPARSED = (
@@ -58,6 +62,7 @@ class Prioritizer:
         self.window = QuantileWindow(settings.quantile_window)
         self.clock = clock if clock is not None else PriorityClock(settings.fairness_window_s)
         self.timeout_s = settings.predictor_timeout_ms / 1000
+        self._fallback_log: dict[str, tuple[float, int]] = {}  # reason -> (last logged, unlogged since)
 
     async def assign(self, path: str, raw: bytes, arrival_ms: float) -> Assignment:
         parsed = parse_object(raw)
@@ -84,21 +89,36 @@ class Prioritizer:
         if text is None:
             return NEUTRAL_QUANTILE, UNSCORABLE, 0.0
         started = time.perf_counter()
-        reason = None
+        reason = detail = None
         try:
             score = await asyncio.wait_for(self.scorer.score(scorable_text(text, self.settings.max_prompt_chars)),
                                            self.timeout_s)
             if not math.isfinite(score):
                 reason = "bad_score"
-        except (asyncio.TimeoutError, httpx.TimeoutException):
-            reason = "timeout"
-        except httpx.TransportError:
-            reason = "unreachable"
-        except Exception:  # noqa: BLE001 - any predictor failure: the request goes on, neutral
-            reason = "error"
+        except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
+            reason, detail = "timeout", exc
+        except httpx.TransportError as exc:
+            reason, detail = "unreachable", exc
+        except Exception as exc:  # noqa: BLE001 - any predictor failure: the request goes on, neutral
+            reason, detail = "error", exc
         seconds = time.perf_counter() - started
         self.metrics.score_seconds.observe(seconds)
         if reason is not None:
             self.metrics.fallbacks.labels(reason).inc()
+            self._log_fallback(reason, detail, seconds)
             return NEUTRAL_QUANTILE, FALLBACK, seconds * 1000
         return self.window.observe(score), SCORED, seconds * 1000
+
+    def _log_fallback(self, reason: str, exc: BaseException | None, seconds: float) -> None:
+        """One line for the first fallback of a reason, then at most one per FALLBACK_LOG_EVERY_S with the
+        count since: enough to date an outage from the log without flooding it."""
+        now = time.monotonic()
+        last, unlogged = self._fallback_log.get(reason, (-math.inf, 0))
+        if now - last < FALLBACK_LOG_EVERY_S:
+            self._fallback_log[reason] = (last, unlogged + 1)
+            return
+        what = type(exc).__name__ if exc is not None else "non-finite score"
+        message = f" {exc}" if exc is not None and str(exc) else ""
+        log.warning("predictor fallback (%s after %.0f ms): %s%s; %d more since the last such line",
+                    reason, seconds * 1000, what, message, unlogged)
+        self._fallback_log[reason] = (now, 0)
