@@ -683,6 +683,7 @@ class Servers:
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
 
     def start(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"vllm_e2e_{name}.log", "w")  # noqa: SIM115 - kept open for the child
         proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
         self.procs.append((name, proc))
