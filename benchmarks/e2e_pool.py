@@ -1,0 +1,123 @@
+"""Pool several `vllm_e2e.py` experiments at one load factor: how much of the oracle's mean-latency gain each
+PARS window recovers, over every repeat of every experiment (issue 6).
+
+One experiment's repeats are few (5-10, an hour each on 2 cores) and one repeat's recovery moves by +-0.2
+(identical arrivals and priorities; the VM's timing decides which long request takes a freed slot first).
+Experiments run on different days measure capacity anew, so their rates differ a little at the same load
+factor: they are pooled as load factors, not as rates, and each repeat's recovery is taken within its own
+experiment (fcfs, oracle and the policy of the same repeat, as `vllm_e2e.py` pairs them).
+
+    .venv/bin/python benchmarks/e2e_pool.py benchmarks/results/vllm_e2e_runE.json \\
+        benchmarks/results/vllm_e2e_runF.json --load-factor 2 --out benchmarks/results/vllm_e2e_pool_lf2.json
+
+Prints a table and writes JSON: per experiment and pooled, the mean of the per-repeat recoveries with its t
+interval, and the pooled ratio of summed gains (sum over repeats of fcfs - policy over sum of fcfs - oracle,
+which weights a repeat by the size of its oracle gain and is steadier than a mean of ratios).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from vllm_e2e import t_interval  # noqa: E402
+
+
+def rate_of(report: dict, load_factor: float) -> float:
+    """The rate an experiment ran at this load factor (its highest rate if it ran fixed --rates)."""
+    by_lf = ((report.get("capacity") or {}).get("load_factors")) or {}
+    for rate, lf in by_lf.items():
+        if abs(float(lf) - load_factor) < 1e-9:
+            return float(rate)
+    raise SystemExit(f"{report.get('note', 'an experiment')!r} has no runs at load factor {load_factor:g} "
+                     f"(it ran load factors {sorted(by_lf.values()) or 'none: fixed --rates'})")
+
+
+def means_by_repeat(report: dict, rate: float) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for run in report["runs"]:
+        if abs(run["rate"] - rate) < 1e-9 and run["summary"]["latency_s"] is not None:
+            out.setdefault(run["policy"], {})[run["repeat"]] = run["summary"]["latency_s"]["mean"]
+    return out
+
+
+def recoveries(means: dict[str, dict[int, float]], policy: str) -> list[tuple[int, float, float, float]]:
+    """(repeat, fcfs - policy, fcfs - oracle, recovered) for every repeat that has all three."""
+    rows = []
+    for rep, m in sorted(means.get(policy, {}).items()):
+        f, o = means["fcfs"].get(rep), means["oracle"].get(rep)
+        if f is None or o is None:
+            continue
+        rows.append((rep, f - m, f - o, (f - m) / (f - o) if f != o else float("nan")))
+    return rows
+
+
+def summarize(rows: Sequence[tuple[int, float, float, float]]) -> dict:
+    rec = [r[3] for r in rows]
+    gains, oracle_gains = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    return {"repeats": len(rows), "per_repeat": rec, "mean": float(np.nanmean(rec)) if rec else None,
+            "t_ci": t_interval(rec), "ratio_of_sums": gains / oracle_gains if oracle_gains else None}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("reports", nargs="+", type=Path, help="vllm_e2e.py JSON outputs (run with --load-factors)")
+    p.add_argument("--load-factor", type=float, required=True, help="the load factor whose runs are pooled")
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
+    args = p.parse_args(argv)
+
+    experiments, pooled_rows = [], {}
+    for path in args.reports:
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            p.error(f"cannot read {path}: {exc}")
+        rate = rate_of(report, args.load_factor)
+        means = means_by_repeat(report, rate)
+        if "fcfs" not in means or "oracle" not in means:
+            p.error(f"{path} has no fcfs and oracle runs at {rate:g}/s: nothing to measure recovery against")
+        pars = sorted((k for k in means if k.startswith("pars@")), key=lambda k: float(k[5:]))
+        per = {}
+        for policy in pars + (["prompt-length"] if "prompt-length" in means else []):
+            rows = recoveries(means, policy)
+            per[policy] = summarize(rows)
+            pooled_rows.setdefault(policy, []).extend(rows)
+        experiments.append({"file": str(path), "started_at": report.get("started_at"), "rate": rate,
+                            "recovered": per})
+    pooled = {k: summarize(v) for k, v in pooled_rows.items()}
+    result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
+              "load_factor": args.load_factor, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "experiments": experiments, "pooled": pooled}
+
+    def fmt(s: dict) -> str:
+        ci = s["t_ci"]
+        ci_text = f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a"
+        return f"{s['mean']:.2f} {ci_text} (sums {s['ratio_of_sums']:.2f}, n={s['repeats']})"
+
+    names = list(pooled)
+    print(f"recovered share of the oracle's mean-latency gain at load factor {args.load_factor:g}: "
+          "mean of repeats [t 95 %] (ratio of summed gains, repeats)")
+    print("| experiment | rate | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for e in experiments:
+        cells = [fmt(e["recovered"][k]) if k in e["recovered"] else "" for k in names]
+        print(f"| {Path(e['file']).stem} | {e['rate']:g}/s | " + " | ".join(cells) + " |")
+    print("| pooled | | " + " | ".join(fmt(pooled[k]) for k in names) + " |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

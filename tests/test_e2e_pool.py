@@ -1,0 +1,47 @@
+"""benchmarks/e2e_pool.py: per-repeat recoveries taken within each experiment, pooled across experiments by
+load factor, checked against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from serving_helpers import load_benchmark
+
+pool = load_benchmark("e2e_pool")
+
+
+def report(rate: float, lf: float, means: dict[str, list[float]]) -> dict:
+    runs = [{"rate": rate, "policy": p, "repeat": rep, "summary": {"latency_s": {"mean": m}}}
+            for p, ms in means.items() for rep, m in enumerate(ms)]
+    # a run at another load factor that must not be pooled
+    runs.append({"rate": rate / 2, "policy": "pars@60", "repeat": 0, "summary": {"latency_s": {"mean": 0.0}}})
+    return {"note": "synthetic", "capacity": {"load_factors": {f"{rate:g}": lf, f"{rate / 2:g}": lf / 2}},
+            "runs": runs}
+
+
+def test_pooled_recovery_by_hand(tmp_path, capsys):
+    # experiment 1: oracle gains 10 and 4; pars@60 gains 6 and 1 -> recoveries 0.6 and 0.25, sums 7/14
+    a = report(3.0, 2.0, {"fcfs": [20.0, 14.0], "oracle": [10.0, 10.0], "pars@60": [14.0, 13.0]})
+    # experiment 2, another day's rate: oracle gain 5, pars@60 gain 4 -> 0.8
+    b = report(2.8, 2.0, {"fcfs": [15.0], "oracle": [10.0], "pars@60": [11.0]})
+    paths = []
+    for name, r in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(r))
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "pool.json"
+    assert pool.main([*paths, "--load-factor", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    first = result["experiments"][0]["recovered"]["pars@60"]
+    assert first["per_repeat"] == pytest.approx([0.6, 0.25]) and first["ratio_of_sums"] == pytest.approx(0.5)
+    pooled = result["pooled"]["pars@60"]
+    assert pooled["repeats"] == 3 and pooled["mean"] == pytest.approx((0.6 + 0.25 + 0.8) / 3)
+    assert pooled["ratio_of_sums"] == pytest.approx((6 + 1 + 4) / (10 + 4 + 5))
+    assert pooled["t_ci"][0] < pooled["mean"] < pooled["t_ci"][1]
+    assert "| pooled |" in capsys.readouterr().out
+
+
+def test_missing_load_factor_is_one_line(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps(report(3.0, 2.0, {"fcfs": [1.0], "oracle": [0.5]})))
+    with pytest.raises(SystemExit, match="no runs at load factor 1.25"):
+        pool.main([str(tmp_path / "a.json"), "--load-factor", "1.25"])
