@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=1.0, help="MarginRankingLoss margin.")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="Share of steps with linear warm-up.")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
+    p.add_argument("--optim", choices=("adamw_torch_fused", "adamw_torch"), default="adamw_torch_fused",
+                   help="AdamW kernel, named as in transformers' TrainingArguments: the same update either way. "
+                        "fused: one kernel over all parameters (CPU and CUDA); adamw_torch: torch's default, "
+                        "which on CPU loops over the parameter tensors one by one.")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (per rank).")
     p.add_argument("--seed", type=int, default=42, help="Seed of shuffling, subsampling and init.")
     p.add_argument("--resume-from", default=None, help="Start from this checkpoint's weights (a state_dict).")
@@ -326,7 +330,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         torch.manual_seed(args.seed + info.rank)
 
     # ---- optimizer and schedule ----
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=args.optim == "adamw_torch_fused")
     criterion = nn.MarginRankingLoss(margin=args.margin)
     steps_per_epoch = len(batches)
     total_steps = args.num_epochs * steps_per_epoch
