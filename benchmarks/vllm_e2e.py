@@ -29,7 +29,10 @@ Policies, interleaved (each repeat runs every policy once per rate, the order ro
 Measured per (rate, policy, repeat): mean/p50/p90/p99 end-to-end latency, per-token latency (latency /
 max_tokens), TTFT (--stream only; non-streaming runs report it as not measured), throughput, how late the
 client sent each request against its schedule, and for gateway runs the scoring time (x-pars-score-ms) and
-fallbacks. Across repeats: ratios policy/fcfs with a t interval over repeats and a paired bootstrap
+fallbacks by reason. With --predictor-url (set by --start) the predictor's /ready is polled twice a second
+during every run, whatever its policy (the same small load for all), and slow (> 0.5 s) or failed polls are
+listed with their time: a stall of the predictor itself is dated and told apart from the gateway's.
+Across repeats: ratios policy/fcfs with a t interval over repeats and a paired bootstrap
 (repeats and requests resampled), and the fraction of the oracle's mean-latency gain each policy recovers.
 With gateways, --probe sends sequential 1-token requests to vLLM directly and through each gateway while it
 is idle: the gateway's own added latency, scoring time subtracted.
