@@ -7,7 +7,9 @@ through the ranker, margin ranking loss, AdamW. Variants, interleaved on the sam
 - passes: at most N passes per batch, each extra one counted as M padded tokens (`--passes 4:64,8:16`;
   the trainer uses pars/pairdata.py's MAX_PASSES:SPLIT_MIN_SAVED_TOKENS, 4:64);
 - `--compile`: the same with the ranker's score function under torch.compile (its compile time reported
-  apart, the first step excluded).
+  apart, the first step excluded);
+- `--fused-adamw`: the same with AdamW's fused kernel (the trainer's default `--optim adamw_torch_fused`)
+  instead of torch's default per-tensor loop. Gradient clipping plus the update is also timed on its own.
 
     .venv/bin/python benchmarks/train_step_bench.py --data /tmp/sg/train_data.json --compile
 
@@ -47,6 +49,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--passes", default="4:64,8:16", help="variants MAX_PASSES:OVERHEAD_TOKENS, comma-separated")
     p.add_argument("--compile", action="store_true", help="also the first variant under torch.compile")
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="also the first variant with AdamW's fused kernel (the trainer's --optim default) "
+                        "against torch's default loop over parameter tensors")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_step_bench.json")
@@ -65,48 +70,61 @@ def main(argv: list[str] | None = None) -> None:
     prompts = [r["prompt"] for r in random.sample(rows, min(len(rows), 3000))]
     table = TokenTable.build(load_tokenizer(args.model_name), prompts, args.max_length, progress=False)
     model = PairwiseRanker.from_pretrained(args.model_name).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)  # tiny: the weights barely move between variants
+    # lr tiny: the weights barely move between variants
+    looped = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    fused = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True) if args.fused_adamw else None
     rng = np.random.default_rng(args.seed)
     batches = [rng.choice(len(prompts), 2 * args.pairs, replace=False) for _ in range(args.batches)]
     target = torch.ones(args.pairs)
 
-    def step(idx: np.ndarray, max_passes: int, overhead: int, score) -> int:
+    def step(idx: np.ndarray, max_passes: int, overhead: int, score, optimizer=looped) -> tuple[int, float]:
+        """One training step; returns its passes and the seconds of clipping plus optimizer.step()."""
         restore, passes = split_sorted(table.lengths[idx], max_passes=max_passes, overhead=overhead)
         optimizer.zero_grad(set_to_none=True)
         scores = torch.cat([score(*table.pad(idx[pas])) for pas in passes])[torch.from_numpy(restore)]
         loss = torch.nn.functional.margin_ranking_loss(scores[: args.pairs], scores[args.pairs :], target, margin=1.0)
         loss.backward()
+        t0 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        return len(passes)
+        return len(passes), time.perf_counter() - t0
 
     names = {v: f"passes<={v[0]}, overhead {v[1]}" for v in variants}
-    runners = {names[v]: (v, model.score) for v in variants}
+    runners = {names[v]: (v, model.score, looped) for v in variants}
+    if fused is not None:
+        runners[names[variants[0]] + ", fused AdamW"] = (variants[0], model.score, fused)
     compile_s = None
     if args.compile:
         compiled = torch.compile(model.score, dynamic=True)
         t0 = time.perf_counter()
         step(batches[0], *variants[0], compiled)  # compiles
         compile_s = time.perf_counter() - t0
-        runners[names[variants[0]] + ", torch.compile"] = (variants[0], compiled)
-    step(batches[0], *variants[0], model.score)  # warm-up
+        runners[names[variants[0]] + ", torch.compile"] = (variants[0], compiled, looped)
+    for _, score, opt in runners.values():  # warm-up (and each optimizer's state allocated)
+        step(batches[0], *variants[0], score, opt)
 
     seconds: dict[str, list[float]] = {n: [] for n in runners}
     n_passes: dict[str, list[int]] = {n: [] for n in runners}
+    update_s: dict[str, list[float]] = {n: [] for n in runners}
     loads = []
     for _ in range(args.rounds):
         loads.append(os.getloadavg()[0])
         for idx in batches:
-            for name, (v, score) in runners.items():  # interleaved: every variant on the same batch in turn
+            for name, (v, score, opt) in runners.items():  # interleaved: every variant on the same batch in turn
                 t0 = time.perf_counter()
-                n_passes[name].append(step(idx, *v, score))
+                k, update = step(idx, *v, score, opt)
                 seconds[name].append(time.perf_counter() - t0)
+                n_passes[name].append(k)
+                update_s[name].append(update)
 
     base = statistics.median(seconds[names[variants[0]]])
     results = [{"variant": n, "median_s_per_step": statistics.median(s), "over_first": statistics.median(s) / base,
+                "median_s_clip_and_update": statistics.median(update_s[n]),
                 "mean_passes": float(np.mean(n_passes[n])), "seconds": s} for n, s in seconds.items()]
-    print(f"{'variant':<40} {'s/step':>7} {'x first':>7} {'passes':>6}")
+    print(f"{'variant':<40} {'s/step':>7} {'x first':>7} {'update':>7} {'passes':>6}")
     for r in results:
-        print(f"{r['variant']:<40} {r['median_s_per_step']:>7.3f} {r['over_first']:>7.3f} {r['mean_passes']:>6.1f}")
+        print(f"{r['variant']:<40} {r['median_s_per_step']:>7.3f} {r['over_first']:>7.3f} "
+              f"{r['median_s_clip_and_update']:>7.3f} {r['mean_passes']:>6.1f}")
     if compile_s is not None:
         print(f"torch.compile: first step (compiling) {compile_s:.1f} s")
     report = {"started_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -495,6 +495,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             "group_by_length": args.group_by_length,
             "group_by_prompt": args.group_by_prompt,
             "prompt_group_size": args.prompt_group_size,
+            "optim": args.optim,
             "train_items": n_train,
             "val_pairs": len(val_pairs),
             "steps": pos["step"],

@@ -150,6 +150,25 @@ def test_max_steps_and_subsampling(tiny_model_dir, tiny_data, tmp_path):
     assert metrics["steps"] == 3 and metrics["train_items"] == 100 and metrics["val_pairs"] == 20
 
 
+def test_fused_and_looped_adamw_give_the_same_weights(tiny_model_dir, tiny_data, tmp_path):
+    weights = {}
+    for optim in ("adamw_torch_fused", "adamw_torch"):
+        out = tmp_path / optim
+        args = train_args(tiny_model_dir, tiny_data, out, "--max-steps", "4", "--max-eval-samples", "20",
+                          "--optim", optim)
+        assert train.main(args) == 0
+        weights[optim] = read_state_dict(out / "last_model.pt")
+        assert json.loads((out / "metrics.json").read_text())["optim"] == optim
+    fused, looped = weights["adamw_torch_fused"], weights["adamw_torch"]
+    assert fused.keys() == looped.keys()
+    for key in fused:
+        assert torch.allclose(fused[key], looped[key], atol=1e-5), key
+    # the 4 steps moved the encoder (lr 1e-3): the comparison is not of two untouched copies
+    initial = AutoModel.from_pretrained(str(tiny_model_dir)).state_dict()
+    key = "embeddings.word_embeddings.weight"
+    assert not torch.allclose(fused[f"encoder.{key}"], initial[key], atol=1e-4)
+
+
 def run_train(*args):
     return subprocess.run([sys.executable, str(ROOT / "predictor_train" / "scripts" / "train_pairwise_bert.py"),
                            *args], capture_output=True, text=True, timeout=120)
