@@ -23,6 +23,8 @@ Policies, interleaved (each repeat runs every policy once per rate, the order ro
   oracle          straight to vLLM, priority = true answer length in tokens (SJF ceiling)
   prompt-length   straight to vLLM, priority = prompt length in tokens
   fcfs-gw         through a gateway started with GATEWAY_SCORER=none (FCFS plus the gateway's own cost)
+  oracle-gw       the oracle's priorities sent through that gateway as the client's own (kept under
+                  GATEWAY_CLIENT_PRIORITY=respect): the ceiling plus the gateway's cost
   pars@W          through a gateway with the ranker and GATEWAY_FAIRNESS_WINDOW_S=W (one per gateway;
                   the harness reads each gateway's scorer and W from its /gateway/health)
 
@@ -235,7 +237,7 @@ class Policy:
         by the gateway (GATEWAY_CLIENT_PRIORITY=respect) and the prompt never scored."""
         if self.name == "fcfs":
             return 0
-        if self.name == "oracle":
+        if self.name in ("oracle", "oracle-gw"):  # oracle-gw: sent as the client's own, which the gateway keeps
             return req.max_tokens
         if self.name == "prompt-length":
             return req.prompt_tokens
@@ -953,6 +955,8 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
         if any(p.name == pol.name for p in policies):
             raise SystemExit(f"two gateways give policy {pol.name}")
         policies.append(pol)
+        if pol.name == "fcfs-gw":  # the oracle's priorities through the same proxy: the ceiling with its cost
+            policies.append(Policy("oracle-gw", url, "gateway", pol.window_s, "none"))
     if args.policies:
         wanted = [w.strip() for w in args.policies.split(",")]
         policies = [p for p in policies if p.name in wanted]
@@ -969,7 +973,8 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
         asyncio.run(prime(pars_gateways, trace, model))
     probe_result = None
     if args.probe and any(p.kind == "gateway" for p in policies):
-        targets = {"direct": vllm_url, **{p.name: p.url for p in policies if p.kind == "gateway"}}
+        targets = {"direct": vllm_url, **{p.name: p.url for p in policies  # each gateway once
+                                          if p.kind == "gateway" and p.name != "oracle-gw"}}
         probe_result = asyncio.run(probe(targets, model, args.probe, args.seed))
     capacity = None
     if args.load_factors and not args.probe_only:

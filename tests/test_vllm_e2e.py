@@ -201,21 +201,22 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
                              ["--rates", rates, "--repeats", "2", "--probe", "3", "--predictor-url", purl],
                              gateways, vurl)
 
-    assert set(report["policies"]) == {"fcfs", "oracle", "prompt-length", "fcfs-gw", "pars@1000", "pars@0"}
+    assert set(report["policies"]) == {"fcfs", "oracle", "prompt-length", "fcfs-gw", "oracle-gw", "pars@1000",
+                                       "pars@0"}
     for key in ("started_at", "machine", "config", "servers", "trace", "ttft", "probe", "summary", "targets", "runs"):
         assert key in report
     assert "not measured" in report["ttft"]
     trace = report["trace"]
     assert trace["n"] == N_LONG + N_SHORT and len(trace["arrivals_s"]) == len(RATES)
     assert trace["max_tokens"][0] == CAP and sorted(trace["max_tokens"])[N_SHORT - 1] <= 5  # long first, shorts
-    assert len(report["runs"]) == len(RATES) * 2 * 6
+    assert len(report["runs"]) == len(RATES) * 2 * 7
 
     # The same arrivals and requests for every policy and repeat at a rate; policies interleaved.
     for rate in RATES:
         runs = [r for r in report["runs"] if r["rate"] == rate]
         assert len({r["arrivals_sha"] for r in runs}) == 1 and len({r["trace_sha"] for r in runs}) == 1
         assert runs[0]["arrivals_sha"] == e2e.digest(trace["arrivals_s"][f"{rate:g}"])
-    firsts = [r["policy"] for r in report["runs"] if r["order"] in (0, len(RATES) * 6)]
+    firsts = [r["policy"] for r in report["runs"] if r["order"] in (0, len(RATES) * 7)]
     assert firsts[0] != firsts[1]  # rotation: another policy opens the second repeat
 
     for run in report["runs"]:
@@ -231,8 +232,10 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
         if run["policy"] == "pars@1000":  # the gateway ranks every long answer behind every short one
             prio = [(q["priority"], trace["max_tokens"][q["i"]]) for q in run["requests"]]
             assert max(p for p, n in prio if n < CAP) < min(p for p, n in prio if n == CAP)
-        if run["policy"] == "oracle":
+        if run["policy"] in ("oracle", "oracle-gw"):  # through the gateway: kept as the client's own
             assert [q["priority"] for q in run["requests"]] == trace["max_tokens"]
+        if run["policy"] == "oracle-gw":
+            assert s["priority_sources"] == {"client": N_LONG + N_SHORT}
 
     # What the stand-in received: ignore_eos everywhere, the harness's priorities, the gateway's for pars.
     assert all(r["ignore_eos"] for r in vllm.received if r["max_tokens"] > 1)

@@ -1,0 +1,130 @@
+"""Replay a `vllm_e2e.py` experiment's runs through `sched_sim.py`'s scheduler model: the same arrivals (as
+sent), the same requests and the priorities each run actually sent, so that what the ranking could buy is
+told apart from what vLLM's execution made of it (issue 6).
+
+At load factor 2 the real PARS runs recover less of the oracle's gain than the model predicts for the
+ranker's scores. If the model, fed the very priorities the gateway sent, recovers more than the real runs,
+the shortfall lies in execution (prefill, timing noise, anything the model leaves out), not in the scores or
+the gateway's mapping. The model's step time is scaled so that its full-batch throughput equals the capacity
+the experiment measured (its burst before the runs), and a prefill cost per prompt token can be added: a
+step that admits requests also pays for their prompts, which stalls every running sequence (vLLM on CPU).
+
+    .venv/bin/python benchmarks/e2e_replay.py benchmarks/results/vllm_e2e_runF.json \\
+        --prefill-ms-per-token 0,0.3,1 --out benchmarks/results/e2e_replay_runF.json
+
+Prints a table and writes JSON: per rate and policy, the real mean recovery of the oracle's gain (mean of
+repeats) beside the model's for each prefill cost, and the model's mean latency beside the real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from sched_sim import simulate  # noqa: E402
+from vllm_e2e import floats  # noqa: E402
+
+# sched_sim's defaults: 6 ms + 2.2 ms per running sequence, ~340 tokens/s at 8 sequences
+BASE_MS, PER_SEQ_MS = 6.0, 2.2
+
+
+def step_scale(report: dict, slots: int) -> float:
+    """Factor on the model's step time that gives the experiment's measured tokens/s at a full batch
+    (1 when it measured none)."""
+    measured = (report.get("capacity") or {}).get("tokens_per_s")
+    if not measured:
+        return 1.0
+    model_tokens_per_s = slots / ((BASE_MS + PER_SEQ_MS * slots) / 1000.0)
+    return model_tokens_per_s / float(measured)
+
+
+def replay(report: dict, prefill_values: Sequence[float]) -> dict:
+    trace = report["trace"]
+    max_tokens, prompt_tokens = trace["max_tokens"], trace["prompt_tokens"]
+    slots = int(report["config"]["max_num_seqs"])
+    scale = step_scale(report, slots)
+    cells: dict[tuple[float, str], dict] = {}
+    for run in report["runs"]:
+        reqs = sorted(run["requests"], key=lambda q: q["i"])
+        if any(q["latency_s"] is None for q in reqs):
+            continue  # a failed request: its latency is unknown, so is the run's mean
+        arrivals = [q["sent_s"] for q in reqs]
+        prio = [q["priority"] if q["priority"] is not None else 0 for q in reqs]
+        cell = cells.setdefault((run["rate"], run["policy"]), {"real": {}, "model": {p: {} for p in prefill_values}})
+        cell["real"][run["repeat"]] = float(np.mean([q["latency_s"] for q in reqs]))
+        for pf in prefill_values:
+            lat = simulate(arrivals, max_tokens, prompt_tokens, prio, slots, BASE_MS * scale, PER_SEQ_MS * scale, pf)
+            cell["model"][pf][run["repeat"]] = float(lat.mean())
+
+    def recovered(means: dict[str, dict[int, float]], policy: str) -> float | None:
+        f, o, m = means["fcfs"], means["oracle"], means[policy]
+        rec = [(f[r] - m[r]) / (f[r] - o[r]) for r in m if r in f and r in o and f[r] != o[r]]
+        return float(np.mean(rec)) if rec else None
+
+    rows = []
+    for rate in sorted({r for r, _ in cells}):
+        policies = [p for r, p in cells if r == rate]
+        if "fcfs" not in policies or "oracle" not in policies:
+            continue
+        real = {p: cells[(rate, p)]["real"] for p in policies}
+        model = {pf: {p: cells[(rate, p)]["model"][pf] for p in policies} for pf in prefill_values}
+        for p in policies:
+            rows.append({"rate": rate, "policy": p, "repeats": len(real[p]),
+                         "real_mean_s": float(np.mean(list(real[p].values()))),
+                         "model_mean_s": {f"{pf:g}": float(np.mean(list(model[pf][p].values())))
+                                          for pf in prefill_values},
+                         "real_recovered": recovered(real, p) if p not in ("fcfs", "oracle") else None,
+                         "model_recovered": ({f"{pf:g}": recovered(model[pf], p) for pf in prefill_values}
+                                             if p not in ("fcfs", "oracle") else None)})
+    return {"step_scale": scale, "rows": rows}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("report", type=Path, help="a vllm_e2e.py JSON output")
+    p.add_argument("--prefill-ms-per-token", type=floats, default=[0.0, 0.3, 1.0],
+                   help="prefill costs to model, ms per admitted prompt token, comma list")
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
+    args = p.parse_args(argv)
+    if any(x < 0 for x in args.prefill_ms_per_token):
+        p.error("--prefill-ms-per-token values must be >= 0")
+    try:
+        report = json.loads(args.report.read_text(encoding="utf-8"))
+        report["trace"]["prompt_tokens"], report["runs"]  # noqa: B018 - fail here, in one line
+    except (OSError, json.JSONDecodeError, KeyError) as exc:
+        p.error(f"{args.report} is not a vllm_e2e.py report with runs and trace token counts ({exc!r})")
+    result = replay(report, args.prefill_ms_per_token)
+    pfs = [f"{x:g}" for x in args.prefill_ms_per_token]
+    print(f"model step time x{result['step_scale']:.3f} (full-batch throughput = the experiment's measured "
+          "capacity); recovered = mean over repeats of (fcfs - policy) / (fcfs - oracle)")
+    print("| rate/s | policy | repeats | real mean s | " + " | ".join(f"model mean s @{x}" for x in pfs) +
+          " | real recovered | " + " | ".join(f"model recovered @{x}" for x in pfs) + " |")
+    print("|---|---|---|---|" + "---|" * len(pfs) + "---|" + "---|" * len(pfs))
+    for r in result["rows"]:
+        rec = r["model_recovered"] or {}
+        print(f"| {r['rate']:g} | {r['policy']} | {r['repeats']} | {r['real_mean_s']:.2f} | "
+              + " | ".join(f"{r['model_mean_s'][x]:.2f}" for x in pfs) + " | "
+              + ("" if r["real_recovered"] is None else f"{r['real_recovered']:.2f}") + " | "
+              + " | ".join("" if rec.get(x) is None else f"{rec[x]:.2f}" for x in pfs) + " |")
+    if args.out:
+        out = {"what": "issue 6: a vllm_e2e experiment's runs replayed through sched_sim's model with the "
+                       "priorities they sent", "source": str(args.report),
+               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "prefill_ms_per_token": args.prefill_ms_per_token, **result}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
