@@ -41,6 +41,17 @@ def test_pooled_recovery_by_hand(tmp_path, capsys):
     assert "| pooled |" in capsys.readouterr().out
 
 
+def test_gateway_baselines(tmp_path):
+    # through the gateway: fcfs-gw 21, oracle-gw 11 -> pars@60 at 14 recovers 0.7 (against 0.6 direct)
+    r = report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "fcfs-gw": [21.0], "oracle-gw": [11.0],
+                          "pars@60": [14.0]})
+    (tmp_path / "a.json").write_text(json.dumps(r))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--baseline", "fcfs-gw",
+                      "--ceiling", "oracle-gw", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["pooled"]["pars@60"]["mean"] == pytest.approx(0.7)
+
+
 def test_missing_load_factor_is_one_line(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(report(3.0, 2.0, {"fcfs": [1.0], "oracle": [0.5]})))
     with pytest.raises(SystemExit, match="no runs at load factor 1.25"):

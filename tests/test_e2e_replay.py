@@ -1,0 +1,58 @@
+"""benchmarks/e2e_replay.py: an experiment's runs replayed through the scheduler model with the priorities they
+sent, on a case worked out by hand (the one of tests/test_sched_sim.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from serving_helpers import load_benchmark
+
+replay = load_benchmark("e2e_replay")
+
+# One slot; A (3 tokens) sent at 0, B (2) and C (1) at 0.5. A measured capacity of 1 token/s with one slot
+# makes the model's step exactly 1 s.
+SENT = [0.0, 0.5, 0.5]
+TOKENS = [3, 2, 1]
+
+
+def run(policy: str, priorities: list[int], real: list[float], repeat: int = 0) -> dict:
+    return {"rate": 2.0, "policy": policy, "repeat": repeat,
+            "requests": [{"i": i, "sent_s": SENT[i], "priority": priorities[i], "latency_s": real[i]}
+                         for i in range(3)]}
+
+
+def report() -> dict:
+    return {"config": {"max_num_seqs": 1}, "capacity": {"tokens_per_s": 1.0},
+            "trace": {"max_tokens": TOKENS, "prompt_tokens": [10, 10, 10]},
+            "runs": [run("fcfs", [0, 0, 0], [3.0, 4.5, 5.5]),         # real mean 13/3
+                     run("oracle", TOKENS, [3.0, 5.5, 3.5]),           # real mean 4
+                     # the gateway sent C before B (as the oracle), but the real run did only half as well
+                     run("pars@60", [5, 9, 1], [3.0, 5.0, 4.5]),       # real mean 12.5/3: recovered 0.5
+                     run("prompt-length", [5, 1, 9], [3.0, 4.5, 5.5])]}
+
+
+def test_model_with_the_sent_priorities_by_hand():
+    result = replay.replay(report(), [0.0, 0.5])
+    assert result["step_scale"] == pytest.approx(1000.0 / 8.2)  # 6 + 2.2 ms at one sequence -> 1 s
+    rows = {r["policy"]: r for r in result["rows"]}
+    assert rows["fcfs"]["model_mean_s"]["0"] == pytest.approx(13 / 3)
+    assert rows["oracle"]["model_mean_s"]["0"] == pytest.approx(4.0)
+    # with the priorities pars@60 sent, the model serves it as the oracle: all of the gain; the real run, half
+    assert rows["pars@60"]["model_recovered"]["0"] == pytest.approx(1.0)
+    assert rows["pars@60"]["real_recovered"] == pytest.approx(0.5)
+    assert rows["prompt-length"]["model_recovered"]["0"] == pytest.approx(0.0)
+    # a prefill cost makes every step that admits a request longer
+    assert rows["fcfs"]["model_mean_s"]["0.5"] > rows["fcfs"]["model_mean_s"]["0"]
+
+
+def test_cli_writes_json_and_rejects_a_non_report(tmp_path, capsys):
+    src = tmp_path / "e2e.json"
+    src.write_text(json.dumps(report()))
+    out = tmp_path / "replay.json"
+    assert replay.main([str(src), "--prefill-ms-per-token", "0", "--out", str(out)]) == 0
+    assert "| pars@60 |" in capsys.readouterr().out and json.loads(out.read_text())["rows"]
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        replay.main([str(tmp_path / "bad.json")])
+    assert "is not a vllm_e2e.py report" in capsys.readouterr().err
