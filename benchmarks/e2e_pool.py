@@ -41,11 +41,15 @@ def rate_of(report: dict, load_factor: float) -> float:
                      f"(it ran load factors {sorted(by_lf.values()) or 'none: fixed --rates'})")
 
 
-def means_by_repeat(report: dict, rate: float) -> dict[str, dict[int, float]]:
+def means_by_repeat(report: dict, rate: float, speed_adjusted: bool = False) -> dict[str, dict[int, float]]:
+    """Mean latency of every (policy, repeat) at this rate. speed_adjusted: each run's mean times its output
+    tokens/s over the median run's, i.e. as if every run had had the median server speed."""
+    runs = [r for r in report["runs"] if abs(r["rate"] - rate) < 1e-9 and r["summary"]["latency_s"] is not None]
+    reference = float(np.median([r["summary"]["output_tokens_per_s"] for r in runs])) if runs else 1.0
     out: dict[str, dict[int, float]] = {}
-    for run in report["runs"]:
-        if abs(run["rate"] - rate) < 1e-9 and run["summary"]["latency_s"] is not None:
-            out.setdefault(run["policy"], {})[run["repeat"]] = run["summary"]["latency_s"]["mean"]
+    for run in runs:
+        factor = run["summary"]["output_tokens_per_s"] / reference if speed_adjusted else 1.0
+        out.setdefault(run["policy"], {})[run["repeat"]] = run["summary"]["latency_s"]["mean"] * factor
     return out
 
 
@@ -77,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "the gateway, so that the proxy's cost is in the baseline too)")
     p.add_argument("--ceiling", default="oracle", help="the policy whose gain is the whole (oracle-gw: through the "
                    "gateway)")
+    p.add_argument("--speed-adjusted", action="store_true",
+                   help="scale each run's mean latency by its output tokens/s over the median run's. In runs E-F "
+                        "a run's mean and its duration correlate at 0.98-0.99 within a policy: most of the noise "
+                        "is how fast the VM was during that run. The adjustment removes it, and with it any "
+                        "effect a policy has on throughput (the proxy's CPU use in PARS runs): it estimates the "
+                        "ranking's worth on an equally fast server, not what a user of the gateway gets")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = p.parse_args(argv)
 
@@ -87,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, json.JSONDecodeError) as exc:
             p.error(f"cannot read {path}: {exc}")
         rate = rate_of(report, args.load_factor)
-        means = means_by_repeat(report, rate)
+        means = means_by_repeat(report, rate, args.speed_adjusted)
         if args.baseline not in means or args.ceiling not in means:
             p.error(f"{path} has no {args.baseline} and {args.ceiling} runs at {rate:g}/s: nothing to measure "
                     "recovery against")
@@ -102,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pooled = {k: summarize(v) for k, v in pooled_rows.items()}
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
               "load_factor": args.load_factor, "baseline": args.baseline, "ceiling": args.ceiling,
+              "speed_adjusted": args.speed_adjusted,
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "experiments": experiments, "pooled": pooled}
 

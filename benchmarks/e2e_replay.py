@@ -13,7 +13,9 @@ step that admits requests also pays for their prompts, which stalls every runnin
         --prefill-ms-per-token 0,0.3,1 --out benchmarks/results/e2e_replay_runF.json
 
 Prints a table and writes JSON: per rate and policy, the real mean recovery of the oracle's gain (mean of
-repeats) beside the model's for each prefill cost, and the model's mean latency beside the real one.
+repeats) beside the model's for each prefill cost, the model's mean latency beside the real one, and when
+the last answer came (mean over repeats), real and modelled: every policy does the same work, so a policy
+whose real runs end later than modelled, when the others do not, ran on a slower server.
 """
 
 from __future__ import annotations
@@ -58,11 +60,16 @@ def replay(report: dict, prefill_values: Sequence[float]) -> dict:
             continue  # a failed request: its latency is unknown, so is the run's mean
         arrivals = [q["sent_s"] for q in reqs]
         prio = [q["priority"] if q["priority"] is not None else 0 for q in reqs]
-        cell = cells.setdefault((run["rate"], run["policy"]), {"real": {}, "model": {p: {} for p in prefill_values}})
+        cell = cells.setdefault((run["rate"], run["policy"]), {"real": {}, "model": {p: {} for p in prefill_values},
+                                                                "real_end": [], "model_end": {p: [] for p in
+                                                                                              prefill_values}})
         cell["real"][run["repeat"]] = float(np.mean([q["latency_s"] for q in reqs]))
+        # the last answer's time from the first send: how long the run took to do the same work
+        cell["real_end"].append(max(q["sent_s"] + q["latency_s"] for q in reqs))
         for pf in prefill_values:
             lat = simulate(arrivals, max_tokens, prompt_tokens, prio, slots, BASE_MS * scale, PER_SEQ_MS * scale, pf)
             cell["model"][pf][run["repeat"]] = float(lat.mean())
+            cell["model_end"][pf].append(float(max(np.asarray(arrivals) + lat)))
 
     def recovered(means: dict[str, dict[int, float]], policy: str) -> float | None:
         f, o, m = means["fcfs"], means["oracle"], means[policy]
@@ -79,6 +86,9 @@ def replay(report: dict, prefill_values: Sequence[float]) -> dict:
         for p in policies:
             rows.append({"rate": rate, "policy": p, "repeats": len(real[p]),
                          "real_mean_s": float(np.mean(list(real[p].values()))),
+                         "real_last_answer_s": float(np.mean(cells[(rate, p)]["real_end"])),
+                         "model_last_answer_s": {f"{pf:g}": float(np.mean(cells[(rate, p)]["model_end"][pf]))
+                                                 for pf in prefill_values},
                          "model_mean_s": {f"{pf:g}": float(np.mean(list(model[pf][p].values())))
                                           for pf in prefill_values},
                          "real_recovered": recovered(real, p) if p not in ("fcfs", "oracle") else None,
@@ -107,14 +117,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"model step time x{result['step_scale']:.3f} (full-batch throughput = the experiment's measured "
           "capacity); recovered = mean over repeats of (fcfs - policy) / (fcfs - oracle)")
     print("| rate/s | policy | repeats | real mean s | " + " | ".join(f"model mean s @{x}" for x in pfs) +
-          " | real recovered | " + " | ".join(f"model recovered @{x}" for x in pfs) + " |")
-    print("|---|---|---|---|" + "---|" * len(pfs) + "---|" + "---|" * len(pfs))
+          " | real recovered | " + " | ".join(f"model recovered @{x}" for x in pfs) + " | real last answer s | "
+          + " | ".join(f"model last answer s @{x}" for x in pfs) + " |")
+    print("|---|---|---|---|" + "---|" * len(pfs) + "---|" + "---|" * len(pfs) + "---|" + "---|" * len(pfs))
     for r in result["rows"]:
         rec = r["model_recovered"] or {}
         print(f"| {r['rate']:g} | {r['policy']} | {r['repeats']} | {r['real_mean_s']:.2f} | "
               + " | ".join(f"{r['model_mean_s'][x]:.2f}" for x in pfs) + " | "
               + ("" if r["real_recovered"] is None else f"{r['real_recovered']:.2f}") + " | "
-              + " | ".join("" if rec.get(x) is None else f"{rec[x]:.2f}" for x in pfs) + " |")
+              + " | ".join("" if rec.get(x) is None else f"{rec[x]:.2f}" for x in pfs) + " | "
+              + f"{r['real_last_answer_s']:.1f} | " + " | ".join(f"{r['model_last_answer_s'][x]:.1f}" for x in pfs)
+              + " |")
     if args.out:
         out = {"what": "issue 6: a vllm_e2e experiment's runs replayed through sched_sim's model with the "
                        "priorities they sent", "source": str(args.report),

@@ -11,11 +11,14 @@ from serving_helpers import load_benchmark
 pool = load_benchmark("e2e_pool")
 
 
-def report(rate: float, lf: float, means: dict[str, list[float]]) -> dict:
-    runs = [{"rate": rate, "policy": p, "repeat": rep, "summary": {"latency_s": {"mean": m}}}
+def report(rate: float, lf: float, means: dict[str, list[float]], speeds: dict[str, list[float]] | None = None) -> dict:
+    speeds = speeds or {}
+    runs = [{"rate": rate, "policy": p, "repeat": rep,
+             "summary": {"latency_s": {"mean": m}, "output_tokens_per_s": speeds.get(p, [100.0] * len(ms))[rep]}}
             for p, ms in means.items() for rep, m in enumerate(ms)]
     # a run at another load factor that must not be pooled
-    runs.append({"rate": rate / 2, "policy": "pars@60", "repeat": 0, "summary": {"latency_s": {"mean": 0.0}}})
+    runs.append({"rate": rate / 2, "policy": "pars@60", "repeat": 0,
+                 "summary": {"latency_s": {"mean": 0.0}, "output_tokens_per_s": 1.0}})
     return {"note": "synthetic", "capacity": {"load_factors": {f"{rate:g}": lf, f"{rate / 2:g}": lf / 2}},
             "runs": runs}
 
@@ -50,6 +53,18 @@ def test_gateway_baselines(tmp_path):
     assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--baseline", "fcfs-gw",
                       "--ceiling", "oracle-gw", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["pooled"]["pars@60"]["mean"] == pytest.approx(0.7)
+
+
+def test_speed_adjusted_takes_out_a_slow_run(tmp_path):
+    # pars@60 ran on a server 10 % slower than the others (speed 90 against 100): mean 15.4 -> 14.0 adjusted
+    r = report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "pars@60": [14.0 / 0.9]},
+               {"pars@60": [90.0]})
+    (tmp_path / "a.json").write_text(json.dumps(r))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["pooled"]["pars@60"]["mean"] == pytest.approx((20 - 14 / 0.9) / 10)
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--speed-adjusted", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["pooled"]["pars@60"]["mean"] == pytest.approx(0.6)
 
 
 def test_missing_load_factor_is_one_line(tmp_path):

@@ -42,6 +42,9 @@ def test_model_with_the_sent_priorities_by_hand():
     assert rows["pars@60"]["model_recovered"]["0"] == pytest.approx(1.0)
     assert rows["pars@60"]["real_recovered"] == pytest.approx(0.5)
     assert rows["prompt-length"]["model_recovered"]["0"] == pytest.approx(0.0)
+    # the last answer: A at 3, then B and C by 6 s under every order; the real pars run's came at 5.5
+    assert rows["fcfs"]["model_last_answer_s"]["0"] == pytest.approx(6.0)
+    assert rows["pars@60"]["real_last_answer_s"] == pytest.approx(5.5)
     # a prefill cost makes every step that admits a request longer
     assert rows["fcfs"]["model_mean_s"]["0.5"] > rows["fcfs"]["model_mean_s"]["0"]
 
