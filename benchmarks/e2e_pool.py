@@ -65,6 +65,17 @@ def recoveries(means: dict[str, dict[int, float]], policy: str, baseline: str = 
     return rows
 
 
+def duration_correlation(report: dict, rate: float) -> dict[str, float | None]:
+    """Per policy, the correlation over its runs between a run's duration (first send to last answer) and its
+    mean latency: every run does the same work, so a high one says the noise is the server's speed."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for run in report["runs"]:
+        s = run["summary"]
+        if abs(run["rate"] - rate) < 1e-9 and s["latency_s"] is not None:
+            out.setdefault(run["policy"], []).append((s["makespan_s"], s["latency_s"]["mean"]))
+    return {p: (float(np.corrcoef(np.array(v).T)[0, 1]) if len(v) > 2 else None) for p, v in out.items()}
+
+
 def summarize(rows: Sequence[tuple[int, float, float, float]]) -> dict:
     rec = [r[3] for r in rows]
     gains, oracle_gains = sum(r[1] for r in rows), sum(r[2] for r in rows)
@@ -108,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             per[policy] = summarize(rows)
             pooled_rows.setdefault(policy, []).extend(rows)
         experiments.append({"file": str(path), "started_at": report.get("started_at"), "rate": rate,
-                            "recovered": per})
+                            "recovered": per, "duration_vs_mean_corr": duration_correlation(report, rate)})
     pooled = {k: summarize(v) for k, v in pooled_rows.items()}
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
               "load_factor": args.load_factor, "baseline": args.baseline, "ceiling": args.ceiling,
@@ -130,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = [fmt(e["recovered"][k]) if k in e["recovered"] else "" for k in names]
         print(f"| {Path(e['file']).stem} | {e['rate']:g}/s | " + " | ".join(cells) + " |")
     print("| pooled | | " + " | ".join(fmt(pooled[k]) for k in names) + " |")
+    for e in experiments:
+        corr = {k: round(v, 2) for k, v in e["duration_vs_mean_corr"].items() if v is not None}
+        print(f"{Path(e['file']).stem}: correlation of a run's duration with its mean latency, per policy: {corr}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

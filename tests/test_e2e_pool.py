@@ -14,11 +14,12 @@ pool = load_benchmark("e2e_pool")
 def report(rate: float, lf: float, means: dict[str, list[float]], speeds: dict[str, list[float]] | None = None) -> dict:
     speeds = speeds or {}
     runs = [{"rate": rate, "policy": p, "repeat": rep,
-             "summary": {"latency_s": {"mean": m}, "output_tokens_per_s": speeds.get(p, [100.0] * len(ms))[rep]}}
+             "summary": {"latency_s": {"mean": m}, "makespan_s": 3.0 * m,
+                         "output_tokens_per_s": speeds.get(p, [100.0] * len(ms))[rep]}}
             for p, ms in means.items() for rep, m in enumerate(ms)]
     # a run at another load factor that must not be pooled
     runs.append({"rate": rate / 2, "policy": "pars@60", "repeat": 0,
-                 "summary": {"latency_s": {"mean": 0.0}, "output_tokens_per_s": 1.0}})
+                 "summary": {"latency_s": {"mean": 0.0}, "makespan_s": 0.0, "output_tokens_per_s": 1.0}})
     return {"note": "synthetic", "capacity": {"load_factors": {f"{rate:g}": lf, f"{rate / 2:g}": lf / 2}},
             "runs": runs}
 
@@ -42,6 +43,8 @@ def test_pooled_recovery_by_hand(tmp_path, capsys):
     assert pooled["ratio_of_sums"] == pytest.approx((6 + 1 + 4) / (10 + 4 + 5))
     assert pooled["t_ci"][0] < pooled["mean"] < pooled["t_ci"][1]
     assert "| pooled |" in capsys.readouterr().out
+    # two runs per policy: too few for a correlation
+    assert result["experiments"][0]["duration_vs_mean_corr"]["pars@60"] is None
 
 
 def test_gateway_baselines(tmp_path):
@@ -65,6 +68,11 @@ def test_speed_adjusted_takes_out_a_slow_run(tmp_path):
     assert json.loads(out.read_text())["pooled"]["pars@60"]["mean"] == pytest.approx((20 - 14 / 0.9) / 10)
     assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--speed-adjusted", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["pooled"]["pars@60"]["mean"] == pytest.approx(0.6)
+
+
+def test_duration_correlation():
+    r = report(3.0, 2.0, {"fcfs": [20.0, 18.0, 25.0]})  # every duration 3x its mean
+    assert pool.duration_correlation(r, 3.0)["fcfs"] == pytest.approx(1.0)
 
 
 def test_missing_load_factor_is_one_line(tmp_path):
