@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pars.jsonio import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from vllm_e2e import t_interval  # noqa: E402
@@ -145,8 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         corr = {k: round(v, 2) for k, v in e["duration_vs_mean_corr"].items() if v is not None}
         print(f"{Path(e['file']).stem}: correlation of a run's duration with its mean latency, per policy: {corr}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        write_json_atomic(result, args.out, indent=1)
         print(f"wrote {args.out}")
     return 0
 

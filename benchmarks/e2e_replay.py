@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pars.jsonio import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from sched_sim import simulate  # noqa: E402
@@ -133,8 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        "priorities they sent", "source": str(args.report),
                "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "prefill_ms_per_token": args.prefill_ms_per_token, **result}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        write_json_atomic(out, args.out, indent=1)
         print(f"wrote {args.out}")
     return 0
 
