@@ -925,6 +925,12 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def new_fallbacks(before: dict, after: dict) -> dict[str, int]:
+    """Fallbacks by reason between two /gateway/health answers (reasons with none left out)."""
+    was, now = before.get("fallbacks_by_reason", {}), after.get("fallbacks_by_reason", {})
+    return {k: v - was.get(k, 0) for k, v in now.items() if v != was.get(k, 0)}
+
+
 def model_name(url: str) -> str:
     import httpx
 
@@ -1038,10 +1044,7 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
             "rate": rate, "policy": pol.name, "repeat": rep, "order": order, "arrivals_sha": digest(arrivals[rate]),
             "trace_sha": digest([r.id for r in trace]),
             "fallbacks": after["fallbacks"] - before["fallbacks"] if before is not None else None,
-            "fallbacks_by_reason": ({k: v - before.get("fallbacks_by_reason", {}).get(k, 0)
-                                     for k, v in after.get("fallbacks_by_reason", {}).items()
-                                     if v != before.get("fallbacks_by_reason", {}).get(k, 0)}
-                                    if before is not None else None),
+            "fallbacks_by_reason": new_fallbacks(before, after) if before is not None else None,
             "predictor_watch": watch.summary(),
             "summary": summarize_run(results, trace, makespan, args.stream),
             "requests": [{"i": r.index, "sent_s": round(r.sent_s, 4), "lag_ms": round(r.lag_ms, 2),
