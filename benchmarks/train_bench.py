@@ -4,10 +4,14 @@ Each mode is one run of predictor_train/scripts/train_pairwise_bert.py in its ow
 memory (the training process's own ru_maxrss, written to its metrics.json) is per mode:
 
 - `fast`: `--batching fast` (the default: prompts tokenized once, batches padded to their own longest,
-  length-grouped pairs);
+  length-grouped pairs, pieces of 2 pairs per prompt A; results written before 2026-11-24 11:40 UTC ran
+  whole prompt groups under this name, now `fast-whole-groups`);
 - `original`: `--batching original --optim adamw_torch` (tokenized per batch, padded to --max-length, plain
   shuffled batches, torch's default AdamW kernel: the original release's code path); `original-fused`: the
   same with the trainer's default fused AdamW kernel, to tell the kernel's share of a speed-up from batching's;
+- since `--mixed-precision` (auto: bf16 autocast on a CPU with AMX or AVX512-BF16), every mode but the
+  original ones runs bf16 on such a CPU; `fast-fp32`, `fast-prompt-groups-2-fp32` and `fast-ungrouped-fp32`
+  pin float32, to tell autocast's share of a speed-up from batching's (each row records its precision);
 - `in-batch` (with --in-batch): `--pairing in-batch --group-by-length` given the original's training time
   (equal wall time: its step count is calibrated by a short run, and --max-train-minutes caps it);
 - with --ddp: the fast mode on one process and under `torchrun --nproc_per_node=N` (gloo on CPU) with the
@@ -54,10 +58,18 @@ MODES = {"fast": ["--batching", "fast"],
          # the original's batches and loss at the fast path's speed (the same weights with dropout off: tested),
          # for accuracy comparisons at budgets where the original mode itself would take hours
          "fast-ungrouped": ["--batching", "fast", "--no-group-by-prompt", "--no-group-by-length"],
+         "fast-whole-groups": ["--batching", "fast", "--prompt-group-size", "0"],
          "fast-prompt-groups-4": ["--batching", "fast", "--prompt-group-size", "4"],
          "fast-prompt-groups-2": ["--batching", "fast", "--prompt-group-size", "2"],
          # pairs that share prompt A batched together, batches otherwise in random order (no length sort)
-         "fast-no-length-groups": ["--batching", "fast", "--no-group-by-length"]}
+         "fast-no-length-groups": ["--batching", "fast", "--no-group-by-length"],
+         # every mode above but the original ones takes the trainer's --mixed-precision auto: bf16 autocast on
+         # a CPU with AMX/AVX512-BF16; these pin float32, to tell autocast's share of a speed-up from batching's
+         "fast-fp32": ["--batching", "fast", "--mixed-precision", "no"],
+         "fast-whole-groups-fp32": ["--batching", "fast", "--prompt-group-size", "0", "--mixed-precision", "no"],
+         "fast-prompt-groups-2-fp32": ["--batching", "fast", "--prompt-group-size", "2", "--mixed-precision", "no"],
+         "fast-ungrouped-fp32": ["--batching", "fast", "--no-group-by-prompt", "--no-group-by-length",
+                                 "--mixed-precision", "no"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +147,7 @@ def run(name: str, cmd: list[str], out: Path, threads: int, nproc: int = 1) -> d
         "batch_size": m["batch_size"], "pairing": m["pairing"], "batching": m["batching"],
         "group_by_length": m["group_by_length"], "group_by_prompt": m.get("group_by_prompt", False),
         "optim": m.get("optim", "adamw_torch"),  # runs before --optim existed used torch's default kernel
+        "mixed_precision": m.get("mixed_precision", "no"),  # runs before the flag: float32 on CPU
         "pairs": t["pairs"], "prompts_encoded": t["prompts_encoded"],
         "loop_seconds": t["loop_seconds"], "pairs_per_second": t["pairs_per_second"],
         "prompts_per_second": t["prompts_per_second"], "real_tokens": t["real_tokens"],

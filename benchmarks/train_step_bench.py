@@ -9,7 +9,9 @@ through the ranker, margin ranking loss, AdamW. Variants, interleaved on the sam
 - `--compile`: the same with the ranker's score function under torch.compile (its compile time reported
   apart, the first step excluded);
 - `--fused-adamw`: the same with AdamW's fused kernel (the trainer's default `--optim adamw_torch_fused`)
-  instead of torch's default per-tensor loop. Gradient clipping plus the update is also timed on its own.
+  instead of torch's default per-tensor loop. Gradient clipping plus the update is also timed on its own;
+- `--bf16`: the same with the forward pass under CPU autocast to bfloat16 (the trainer's
+  `--mixed-precision bf16`; on CPUs with AMX or AVX512-BF16 the matmuls run in bfloat16).
 
     .venv/bin/python benchmarks/train_step_bench.py --data /tmp/sg/train_data.json --compile
 
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fused-adamw", action="store_true",
                    help="also the first variant with AdamW's fused kernel (the trainer's --optim default) "
                         "against torch's default loop over parameter tensors")
+    p.add_argument("--bf16", action="store_true", help="also the first variant under CPU bfloat16 autocast")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_step_bench.json")
@@ -77,11 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     batches = [rng.choice(len(prompts), 2 * args.pairs, replace=False) for _ in range(args.batches)]
     target = torch.ones(args.pairs)
 
-    def step(idx: np.ndarray, max_passes: int, overhead: int, score, optimizer=looped) -> tuple[int, float]:
+    def step(idx: np.ndarray, max_passes: int, overhead: int, score, optimizer=looped,
+             bf16: bool = False) -> tuple[int, float]:
         """One training step; returns its passes and the seconds of clipping plus optimizer.step()."""
         restore, passes = split_sorted(table.lengths[idx], max_passes=max_passes, overhead=overhead)
         optimizer.zero_grad(set_to_none=True)
-        scores = torch.cat([score(*table.pad(idx[pas])) for pas in passes])[torch.from_numpy(restore)]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            scores = torch.cat([score(*table.pad(idx[pas])) for pas in passes])[torch.from_numpy(restore)]
+        scores = scores.float()
         loss = torch.nn.functional.margin_ranking_loss(scores[: args.pairs], scores[args.pairs :], target, margin=1.0)
         loss.backward()
         t0 = time.perf_counter()
@@ -90,18 +96,20 @@ def main(argv: list[str] | None = None) -> None:
         return len(passes), time.perf_counter() - t0
 
     names = {v: f"passes<={v[0]}, overhead {v[1]}" for v in variants}
-    runners = {names[v]: (v, model.score, looped) for v in variants}
+    runners = {names[v]: (v, model.score, looped, False) for v in variants}
     if fused is not None:
-        runners[names[variants[0]] + ", fused AdamW"] = (variants[0], model.score, fused)
+        runners[names[variants[0]] + ", fused AdamW"] = (variants[0], model.score, fused, False)
+    if args.bf16:
+        runners[names[variants[0]] + ", bf16 autocast"] = (variants[0], model.score, fused or looped, True)
     compile_s = None
     if args.compile:
         compiled = torch.compile(model.score, dynamic=True)
         t0 = time.perf_counter()
         step(batches[0], *variants[0], compiled)  # compiles
         compile_s = time.perf_counter() - t0
-        runners[names[variants[0]] + ", torch.compile"] = (variants[0], compiled, looped)
-    for _, score, opt in runners.values():  # warm-up (and each optimizer's state allocated)
-        step(batches[0], *variants[0], score, opt)
+        runners[names[variants[0]] + ", torch.compile"] = (variants[0], compiled, looped, False)
+    for _, score, opt, bf16 in runners.values():  # warm-up (and each optimizer's state allocated)
+        step(batches[0], *variants[0], score, opt, bf16)
 
     seconds: dict[str, list[float]] = {n: [] for n in runners}
     n_passes: dict[str, list[int]] = {n: [] for n in runners}
@@ -110,9 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.rounds):
         loads.append(os.getloadavg()[0])
         for idx in batches:
-            for name, (v, score, opt) in runners.items():  # interleaved: every variant on the same batch in turn
+            for name, (v, score, opt, bf16) in runners.items():  # interleaved: the same batch in turn
                 t0 = time.perf_counter()
-                k, update = step(idx, *v, score, opt)
+                k, update = step(idx, *v, score, opt, bf16)
                 seconds[name].append(time.perf_counter() - t0)
                 n_passes[name].append(k)
                 update_s[name].append(update)

@@ -14,7 +14,7 @@ import torch.nn as nn
 from serving_helpers import load_benchmark
 from transformers import AutoTokenizer
 
-from pars import train
+from pars import precision, train
 from pars.batches import EpochBatches
 from pars.errors import PARSError
 from pars.model import PairwiseRanker, read_state_dict
@@ -216,8 +216,9 @@ def test_fast_training_equals_original_training(tiny_model_dir, tiny_data, tmp_p
               "--batch-size", "16", "--num-epochs", "1", "--max-steps", "4", "--learning-rate", "1e-3",
               "--device", "cpu"]
     assert train.main([*common, "--output-dir", str(tmp_path / "orig"), "--batching", "original"]) == 0
+    # float32 on both sides: this compares the batching; bf16 autocast is tested below
     assert train.main([*common, "--output-dir", str(tmp_path / "fast"), "--no-group-by-length",
-                       "--no-group-by-prompt"]) == 0
+                       "--no-group-by-prompt", "--mixed-precision", "no"]) == 0
     orig = read_state_dict(tmp_path / "orig" / "last_model.pt")
     fast = read_state_dict(tmp_path / "fast" / "last_model.pt")
     # fc.bias aside: its gradient is zero but for rounding noise (the loss sees score differences only)
@@ -225,6 +226,7 @@ def test_fast_training_equals_original_training(tiny_model_dir, tiny_data, tmp_p
     m_orig = json.loads((tmp_path / "orig" / "metrics.json").read_text())
     m_fast = json.loads((tmp_path / "fast" / "metrics.json").read_text())
     assert m_orig["batching"] == "original" and m_fast["batching"] == "fast"
+    assert m_orig["mixed_precision"] == "no"  # auto keeps the original's float32 on CPU
     assert m_orig["history"][0]["train_loss"] == pytest.approx(m_fast["history"][0]["train_loss"], abs=1e-5)
     t_orig, t_fast = m_orig["throughput"], m_fast["throughput"]
     assert t_orig["pairs"] == t_fast["pairs"] == 64
@@ -232,6 +234,72 @@ def test_fast_training_equals_original_training(tiny_model_dir, tiny_data, tmp_p
     assert t_fast["prompts_encoded"] <= t_orig["prompts_encoded"] == 128
     assert t_fast["real_tokens"] <= t_orig["real_tokens"]
     assert t_orig["padded_tokens"] == 128 * 128 and t_fast["padded_tokens"] < t_orig["padded_tokens"] / 3
+
+
+def test_bf16_autocast_trains_close_to_float32(tiny_model_dir, tiny_data, tmp_path):
+    """bf16 autocast changes the matmuls' rounding only: same batches, weights close to float32's, and the
+    mode is recorded. CPU autocast runs bf16 on any x86 CPU (slowly without AMX/AVX512-BF16)."""
+    model_dir = no_dropout_copy(tiny_model_dir, tmp_path / "model")
+    common = ["--train-file", str(tiny_data / "train_pairs_length_diff_0.2.json"),
+              "--val-file", str(tiny_data / "val_pairs_length_diff_0.2.json"), "--model-name", str(model_dir),
+              "--batch-size", "16", "--num-epochs", "1", "--max-steps", "4", "--learning-rate", "1e-3",
+              "--device", "cpu", "--no-group-by-length", "--no-group-by-prompt"]
+    assert train.main([*common, "--output-dir", str(tmp_path / "fp32"), "--mixed-precision", "no"]) == 0
+    assert train.main([*common, "--output-dir", str(tmp_path / "bf16"), "--mixed-precision", "bf16"]) == 0
+    fp32 = read_state_dict(tmp_path / "fp32" / "last_model.pt")
+    bf16 = read_state_dict(tmp_path / "bf16" / "last_model.pt")
+    start = PairwiseRanker.from_pretrained(str(model_dir)).state_dict()
+    assert all(bf16[k].dtype == torch.float32 for k in bf16)  # the weights stay float32
+    encoder = [k for k in fp32 if k.startswith("encoder.")]
+    # AdamW's first steps move every weight by about lr whatever its gradient's size, so weights with a
+    # near-zero gradient may step either way: compare the whole update, not its largest element, and against
+    # a float32 run that saw other batches (another seed)
+    assert train.main([*common, "--output-dir", str(tmp_path / "seed7"), "--mixed-precision", "no",
+                       "--seed", "7"]) == 0
+    other = read_state_dict(tmp_path / "seed7" / "last_model.pt")
+
+    def update(weights: dict) -> torch.Tensor:
+        return torch.cat([(weights[k] - start[k]).flatten() for k in encoder])
+
+    cos_bf16 = torch.nn.functional.cosine_similarity(update(fp32), update(bf16), dim=0).item()
+    cos_seed = torch.nn.functional.cosine_similarity(update(fp32), update(other), dim=0).item()
+    print(f"cos bf16={cos_bf16:.4f} other seed={cos_seed:.4f}")
+    assert not torch.equal(update(fp32), update(bf16))  # autocast did run: the rounding differs
+    assert cos_bf16 > 0.8 and cos_bf16 > cos_seed + 0.3  # and it trained the way float32 did
+    m = json.loads((tmp_path / "bf16" / "metrics.json").read_text())
+    assert m["mixed_precision"] == "bf16"
+    assert m["history"][0]["train_loss"] == pytest.approx(
+        json.loads((tmp_path / "fp32" / "metrics.json").read_text())["history"][0]["train_loss"], abs=0.02)
+
+
+def test_mixed_precision_auto_rule(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.resolve("auto", cuda) == "fp16"  # the original's AMP
+    assert precision.resolve("auto", cpu, original_batching=True) == "no"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    assert precision.resolve("auto", cpu) == "bf16"
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert precision.resolve("auto", cpu) == "no"
+    assert precision.resolve("bf16", cpu) == "bf16" and precision.resolve("no", cuda) == "no"
+    with pytest.raises(PARSError, match="fp16 needs a CUDA device"):
+        precision.resolve("fp16", cpu)
+
+
+def test_prompt_group_size_defaults_to_pieces_of_two():
+    base = ["--train-file", "t.json", "--val-file", "v.json", "--output-dir", "o"]
+
+    def resolved(*extra: str) -> train.argparse.Namespace:
+        args = train.build_parser().parse_args([*base, *extra])
+        train.check_args(args)
+        return args
+
+    assert resolved().prompt_group_size == 2 and resolved().group_by_prompt
+    assert resolved("--prompt-group-size", "0").prompt_group_size is None  # whole groups
+    assert resolved("--prompt-group-size", "5").prompt_group_size == 5
+    assert resolved("--no-group-by-prompt").prompt_group_size is None
+    assert resolved("--pairing", "in-batch").prompt_group_size is None
+    with pytest.raises(PARSError, match=">= 0"):
+        resolved("--prompt-group-size", "-1")
 
 
 def test_original_batching_refuses_what_the_original_lacks(tiny_model_dir, tiny_data, tmp_path):
