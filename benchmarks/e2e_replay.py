@@ -50,7 +50,7 @@ def step_scale(report: dict, slots: int) -> float:
     return model_tokens_per_s / float(measured)
 
 
-def replay(report: dict, prefill_values: Sequence[float]) -> dict:
+def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = False) -> dict:
     trace = report["trace"]
     max_tokens, prompt_tokens = trace["max_tokens"], trace["prompt_tokens"]
     slots = int(report["config"]["max_num_seqs"])
@@ -60,7 +60,11 @@ def replay(report: dict, prefill_values: Sequence[float]) -> dict:
         reqs = sorted(run["requests"], key=lambda q: q["i"])
         if any(q["latency_s"] is None for q in reqs):
             continue  # a failed request: its latency is unknown, so is the run's mean
-        arrivals = [q["sent_s"] for q in reqs]
+        sent = np.asarray([q["sent_s"] for q in reqs])
+        # with score_delay a scored request reaches the server only once the gateway has its score (its
+        # x-pars-score-ms); its latency still counts from the send
+        delay = np.asarray([(q.get("score_ms") or 0.0) / 1000.0 if score_delay else 0.0 for q in reqs])
+        arrivals = list(sent + delay)
         prio = [q["priority"] if q["priority"] is not None else 0 for q in reqs]
         cell = cells.setdefault((run["rate"], run["policy"]), {"real": {}, "model": {p: {} for p in prefill_values},
                                                                 "real_end": [], "model_end": {p: [] for p in
@@ -69,9 +73,10 @@ def replay(report: dict, prefill_values: Sequence[float]) -> dict:
         # the last answer's time from the first send: how long the run took to do the same work
         cell["real_end"].append(max(q["sent_s"] + q["latency_s"] for q in reqs))
         for pf in prefill_values:
-            lat = simulate(arrivals, max_tokens, prompt_tokens, prio, slots, BASE_MS * scale, PER_SEQ_MS * scale, pf)
+            lat = delay + simulate(arrivals, max_tokens, prompt_tokens, prio, slots, BASE_MS * scale,
+                                   PER_SEQ_MS * scale, pf)
             cell["model"][pf][run["repeat"]] = float(lat.mean())
-            cell["model_end"][pf].append(float(max(np.asarray(arrivals) + lat)))
+            cell["model_end"][pf].append(float(max(sent + lat)))
 
     def recovered(means: dict[str, dict[int, float]], policy: str) -> float | None:
         f, o, m = means["fcfs"], means["oracle"], means[policy]
@@ -96,7 +101,7 @@ def replay(report: dict, prefill_values: Sequence[float]) -> dict:
                          "real_recovered": recovered(real, p) if p not in ("fcfs", "oracle") else None,
                          "model_recovered": ({f"{pf:g}": recovered(model[pf], p) for pf in prefill_values}
                                              if p not in ("fcfs", "oracle") else None)})
-    return {"step_scale": scale, "rows": rows}
+    return {"step_scale": scale, "score_delay": score_delay, "rows": rows}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -105,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("report", type=Path, help="a vllm_e2e.py JSON output")
     p.add_argument("--prefill-ms-per-token", type=floats, default=[0.0, 0.3, 1.0],
                    help="prefill costs to model, ms per admitted prompt token, comma list")
+    p.add_argument("--score-delay", action="store_true",
+                   help="model each scored request as reaching the server when the gateway had its score "
+                        "(sent + its score_ms) rather than when it was sent")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = p.parse_args(argv)
     if any(x < 0 for x in args.prefill_ms_per_token):
@@ -114,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report["trace"]["prompt_tokens"], report["runs"]  # noqa: B018 - fail here, in one line
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         p.error(f"{args.report} is not a vllm_e2e.py report with runs and trace token counts ({exc!r})")
-    result = replay(report, args.prefill_ms_per_token)
+    result = replay(report, args.prefill_ms_per_token, args.score_delay)
     pfs = [f"{x:g}" for x in args.prefill_ms_per_token]
     print(f"model step time x{result['step_scale']:.3f} (full-batch throughput = the experiment's measured "
           "capacity); recovered = mean over repeats of (fcfs - policy) / (fcfs - oracle)")

@@ -16,10 +16,11 @@ SENT = [0.0, 0.5, 0.5]
 TOKENS = [3, 2, 1]
 
 
-def run(policy: str, priorities: list[int], real: list[float], repeat: int = 0) -> dict:
+def run(policy: str, priorities: list[int], real: list[float], repeat: int = 0,
+        score_ms: list[float] | None = None) -> dict:
     return {"rate": 2.0, "policy": policy, "repeat": repeat,
-            "requests": [{"i": i, "sent_s": SENT[i], "priority": priorities[i], "latency_s": real[i]}
-                         for i in range(3)]}
+            "requests": [{"i": i, "sent_s": SENT[i], "priority": priorities[i], "latency_s": real[i],
+                          "score_ms": score_ms[i] if score_ms else None} for i in range(3)]}
 
 
 def report() -> dict:
@@ -28,7 +29,8 @@ def report() -> dict:
             "runs": [run("fcfs", [0, 0, 0], [3.0, 4.5, 5.5]),         # real mean 13/3
                      run("oracle", TOKENS, [3.0, 5.5, 3.5]),           # real mean 4
                      # the gateway sent C before B (as the oracle), but the real run did only half as well
-                     run("pars@60", [5, 9, 1], [3.0, 5.0, 4.5]),       # real mean 12.5/3: recovered 0.5
+                     # C's score took 3 s: with --score-delay it reaches the server at 3.5 s
+                     run("pars@60", [5, 9, 1], [3.0, 5.0, 4.5], score_ms=[0.0, 0.0, 3000.0]),  # recovered 0.5
                      run("prompt-length", [5, 1, 9], [3.0, 4.5, 5.5])]}
 
 
@@ -47,6 +49,15 @@ def test_model_with_the_sent_priorities_by_hand():
     assert rows["pars@60"]["real_last_answer_s"] == pytest.approx(5.5)
     # a prefill cost makes every step that admits a request longer
     assert rows["fcfs"]["model_mean_s"]["0.5"] > rows["fcfs"]["model_mean_s"]["0"]
+
+
+def test_score_delay_lets_a_worse_request_take_the_slot():
+    """C, held 3 s by its scoring, misses the slot A frees at 3 s: B takes it, as under FCFS. Latencies still
+    count from the send: A 3, B 4.5, C 5.5 (its 3 s of scoring included)."""
+    rows = {r["policy"]: r for r in replay.replay(report(), [0.0], score_delay=True)["rows"]}
+    assert rows["pars@60"]["model_mean_s"]["0"] == pytest.approx(13 / 3)
+    assert rows["pars@60"]["model_recovered"]["0"] == pytest.approx(0.0)
+    assert rows["fcfs"]["model_mean_s"]["0"] == pytest.approx(13 / 3)  # runs without score_ms are unchanged
 
 
 def test_cli_writes_json_and_rejects_a_non_report(tmp_path, capsys):
