@@ -1,7 +1,8 @@
 """Inference backends side by side: throughput in process and ranking kept, per checkpoint.
 
 For each checkpoint and backend (torch fp32, ONNX Runtime fp32, ONNX Runtime int8; torch-float16 and
-torch-bfloat16, the service's PREDICTOR_DTYPE, meant for --device cuda), scores the val prompts
+torch-bfloat16, the service's PREDICTOR_DTYPE: weights cast on --device cuda; on CPU torch-bfloat16 is
+bfloat16 autocast and torch-float16 is refused), scores the val prompts
 in length-sorted batches of 64 (as the service and the evaluator do) and one prompt at a time, with the
 backends interleaved within each repeat so machine load hits them alike. Reports prompts/s (median of
 repeats), Kendall's tau-b of the scores against the true answer lengths, tau against torch fp32's scores,
@@ -50,10 +51,10 @@ CHOICES = tuple(dict.fromkeys((*BACKENDS, *TORCH_DTYPES)))
 
 
 def make_scorer(backend: str, args, checkpoint: str, tokenizer, cache: str) -> PromptScorer:
-    if backend in TORCH_DTYPES:  # as the service casts: weights to the dtype, scores returned as float32
+    if backend in TORCH_DTYPES:  # as the service does: weights cast on CUDA, bfloat16 autocast on CPU
         scorer = PromptScorer(load_inference_model(args.model_name, checkpoint, "torch"), tokenizer,
                               max_length=args.max_length, device=args.device)
-        scorer.model.to(TORCH_DTYPES[backend])
+        scorer.set_dtype(TORCH_DTYPES[backend])
         return scorer
     model = load_inference_model(args.model_name, checkpoint, backend, cache, threads=args.threads,
                                  log=lambda m: print(m, flush=True))
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"--backends: unknown {', '.join(unknown)} (choose from {', '.join(CHOICES)})")
     if args.device != "cpu" and any(b not in TORCH_DTYPES for b in backends):
         p.error(f"--device {args.device}: ONNX Runtime backends run on CPU; list torch backends only")
+    if args.device == "cpu" and "torch-float16" in backends:
+        p.error("torch-float16 needs --device cuda (on CPU the service offers float32 and bfloat16)")
     rows = json.loads(args.data.read_text(encoding="utf-8"))[: args.max_prompts]
     prompts = [r["prompt"] for r in rows]
     lengths = [r["answer_length"] for r in rows]

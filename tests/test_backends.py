@@ -113,3 +113,5 @@ def test_backend_bench_compares_half_precision_with_fp32(tiny_model_dir, checkpo
         bb.main(["--checkpoint", str(checkpoint), "--data", str(data), "--backends", "torch-fp8"])
     with pytest.raises(SystemExit):
         bb.main(["--checkpoint", str(checkpoint), "--data", str(data), "--backends", "onnx", "--device", "cuda"])
+    with pytest.raises(SystemExit):  # float16 on CPU: refused before any work
+        bb.main(["--checkpoint", str(checkpoint), "--data", str(data), "--backends", "torch,torch-float16"])

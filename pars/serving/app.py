@@ -60,9 +60,9 @@ PRIORITY_BOUND = 2**31 - 1
 def load_scorer(settings: Settings) -> PromptScorer:
     device = resolve_device(settings.device)
     dtype = DTYPES[settings.dtype]
-    if dtype != torch.float32 and device.type != "cuda":
+    if dtype == torch.float16 and device.type != "cuda":
         raise PARSError(f"PREDICTOR_DTYPE={settings.dtype} needs a CUDA device (this one is {device}); "
-                        "use float32 on CPU")
+                        "use float32 or bfloat16 on CPU")
     tokenizer = load_tokenizer(settings.model_name)
     if settings.backend in ONNX_BACKENDS:
         if device.type != "cpu" or dtype != torch.float32:
@@ -72,8 +72,7 @@ def load_scorer(settings: Settings) -> PromptScorer:
                                  settings.onnx_cache_dir, threads=settings.threads_per_worker(),
                                  spin=settings.onnx_spin, log=log.warning)
     scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
-    if dtype != torch.float32:
-        scorer.model.to(dtype)
+    scorer.set_dtype(dtype)
     return scorer
 
 

@@ -40,7 +40,8 @@ class Settings(BaseSettings):
     onnx_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/pars/onnx or ~/.cache/pars/onnx
     # ONNX Runtime's workers busy-wait between operators: faster passes, but CPU taken from the HTTP layer.
     onnx_spin: bool = False
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # float16/bfloat16: CUDA only
+    # float16: CUDA only; bfloat16: cast weights on CUDA, autocast on CPU
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     num_threads: int | None = Field(default=None, ge=1, le=1024)  # intra-op threads in all; None: physical cores
     # Forward passes that may run at once, each on its own thread with num_threads / workers intra-op threads.
     # Small passes use several threads poorly, but a long prompt's pass on fewer threads takes longer: here
