@@ -12,6 +12,14 @@ step that admits requests also pays for their prompts, which stalls every runnin
     .venv/bin/python benchmarks/e2e_replay.py benchmarks/results/vllm_e2e_runF.json \\
         --prefill-ms-per-token 0,0.3,1 --out benchmarks/results/e2e_replay_runF.json
 
+`--score-delay` lets a scored request reach the model's server only once the gateway had its score;
+`--context-ms-per-token` charges every step for the context (prompt + tokens so far) of each running request;
+`--fit` grid-searches a step-time factor, the prefill and the context cost for the model whose mean latencies
+are nearest the real ones, and prints the recovery each of the best fits models:
+
+    .venv/bin/python benchmarks/e2e_replay.py benchmarks/results/vllm_e2e_runF.json --fit \
+        --prefill-ms-per-token 0,0.15,0.3,0.5 --out benchmarks/results/e2e_replay_fit_runF.json
+
 Prints a table and writes JSON: per rate and policy, the real mean recovery of the oracle's gain (mean of
 repeats) beside the model's for each prefill cost, the model's mean latency beside the real one, and when
 the last answer came (mean over repeats), real and modelled: every policy does the same work, so a policy
@@ -28,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from pars.jsonio import write_json_atomic
 
@@ -50,11 +59,12 @@ def step_scale(report: dict, slots: int) -> float:
     return model_tokens_per_s / float(measured)
 
 
-def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = False) -> dict:
+def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = False,
+           context_ms_per_token: float = 0.0, step_factor: float = 1.0) -> dict:
     trace = report["trace"]
     max_tokens, prompt_tokens = trace["max_tokens"], trace["prompt_tokens"]
     slots = int(report["config"]["max_num_seqs"])
-    scale = step_scale(report, slots)
+    scale = step_scale(report, slots) * step_factor
     cells: dict[tuple[float, str], dict] = {}
     for run in report["runs"]:
         reqs = sorted(run["requests"], key=lambda q: q["i"])
@@ -72,9 +82,12 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
         cell["real"][run["repeat"]] = float(np.mean([q["latency_s"] for q in reqs]))
         # the last answer's time from the first send: how long the run took to do the same work
         cell["real_end"].append(max(q["sent_s"] + q["latency_s"] for q in reqs))
+        # does the order favour long prompts? (their contexts make every decode step dearer)
+        if len(set(prio)) > 1 and len(set(prompt_tokens)) > 1:
+            cell.setdefault("rho_prompt", []).append(float(spearmanr(prio, prompt_tokens).statistic))
         for pf in prefill_values:
             lat = delay + simulate(arrivals, max_tokens, prompt_tokens, prio, slots, BASE_MS * scale,
-                                   PER_SEQ_MS * scale, pf)
+                                   PER_SEQ_MS * scale, pf, context_ms_per_token)
             cell["model"][pf][run["repeat"]] = float(lat.mean())
             cell["model_end"][pf].append(float(max(sent + lat)))
 
@@ -98,10 +111,37 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
                                                  for pf in prefill_values},
                          "model_mean_s": {f"{pf:g}": float(np.mean(list(model[pf][p].values())))
                                           for pf in prefill_values},
+                         "rho_priority_prompt_tokens": (float(np.mean(cells[(rate, p)]["rho_prompt"]))
+                                                        if cells[(rate, p)].get("rho_prompt") else None),
                          "real_recovered": recovered(real, p) if p not in ("fcfs", "oracle") else None,
                          "model_recovered": ({f"{pf:g}": recovered(model[pf], p) for pf in prefill_values}
                                              if p not in ("fcfs", "oracle") else None)})
-    return {"step_scale": scale, "score_delay": score_delay, "rows": rows}
+    return {"step_scale": scale, "score_delay": score_delay, "context_ms_per_token": context_ms_per_token,
+            "rows": rows}
+
+
+def fit(report: dict, factors: Sequence[float], prefills: Sequence[float], contexts: Sequence[float],
+        score_delay: bool = False, top: int = 5) -> list[dict]:
+    """Grid search of the model's free costs (a factor on the step time, prefill and context per token) for
+    the one whose mean latencies are nearest the real ones over every (rate, policy) cell, sum of squares.
+    The best fits, each with the recovery it models per policy: if a cost the first model lacks explains
+    the gap, the fitted model's recovery falls to the real one."""
+    fits = []
+    for factor in factors:
+        for ctx in contexts:
+            rows = replay(report, prefills, score_delay, ctx, factor)["rows"]
+            for pf in prefills:
+                key = f"{pf:g}"
+                fits.append({
+                    "step_factor": factor, "prefill_ms_per_token": pf, "context_ms_per_token": ctx,
+                    "sse_mean_s2": float(sum((r["model_mean_s"][key] - r["real_mean_s"]) ** 2 for r in rows)),
+                    "sse_last_answer_s2": float(sum((r["model_last_answer_s"][key] - r["real_last_answer_s"]) ** 2
+                                                    for r in rows)),
+                    "model_recovered": {f"{r['rate']:g}/{r['policy']}": r["model_recovered"][key]
+                                        for r in rows if r["model_recovered"]},
+                    "real_recovered": {f"{r['rate']:g}/{r['policy']}": r["real_recovered"]
+                                       for r in rows if r["real_recovered"] is not None}})
+    return sorted(fits, key=lambda f: f["sse_mean_s2"])[:top]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,16 +153,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--score-delay", action="store_true",
                    help="model each scored request as reaching the server when the gateway had its score "
                         "(sent + its score_ms) rather than when it was sent")
+    p.add_argument("--context-ms-per-token", type=float, default=0.0,
+                   help="also charge every step this many ms per token of context (prompt + tokens so far) of "
+                        "each running request: decode cost that grows with context length")
+    p.add_argument("--fit", action="store_true",
+                   help="instead: grid-search the step-time factor (--fit-step-factors), prefill "
+                        "(--prefill-ms-per-token) and context (--fit-context-ms) costs for the model nearest the "
+                        "real mean latencies, and print the best fits with the recovery each models")
+    p.add_argument("--fit-step-factors", type=floats, default=[0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    p.add_argument("--fit-context-ms", type=floats, default=[0.0, 0.001, 0.002, 0.003, 0.004, 0.006])
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = p.parse_args(argv)
-    if any(x < 0 for x in args.prefill_ms_per_token):
-        p.error("--prefill-ms-per-token values must be >= 0")
+    if any(x < 0 for x in args.prefill_ms_per_token) or args.context_ms_per_token < 0:
+        p.error("--prefill-ms-per-token values and --context-ms-per-token must be >= 0")
     try:
         report = json.loads(args.report.read_text(encoding="utf-8"))
         report["trace"]["prompt_tokens"], report["runs"]  # noqa: B018 - fail here, in one line
     except (OSError, json.JSONDecodeError, KeyError) as exc:
         p.error(f"{args.report} is not a vllm_e2e.py report with runs and trace token counts ({exc!r})")
-    result = replay(report, args.prefill_ms_per_token, args.score_delay)
+    if args.fit:
+        fits = fit(report, args.fit_step_factors, args.prefill_ms_per_token, args.fit_context_ms, args.score_delay)
+        cells = list(fits[0]["model_recovered"])
+        print("best fits of the model's costs to the real mean latencies (sum of squared errors over cells)")
+        print("| step factor | prefill ms/token | context ms/token | SSE mean s² | SSE last answer s² | "
+              + " | ".join(cells) + " |")
+        print("|---|---|---|---|---|" + "---|" * len(cells))
+        print("| real | | | | | " + " | ".join(f"{fits[0]['real_recovered'][c]:.2f}" for c in cells) + " |")
+        for f in fits:
+            print(f"| {f['step_factor']:g} | {f['prefill_ms_per_token']:g} | {f['context_ms_per_token']:g} | "
+                  f"{f['sse_mean_s2']:.2f} | {f['sse_last_answer_s2']:.1f} | "
+                  + " | ".join(f"{f['model_recovered'][c]:.2f}" for c in cells) + " |")
+        if args.out:
+            write_json_atomic({"what": "issue 6: the scheduler model's costs fitted to a vllm_e2e experiment's real "
+                                       "mean latencies, best fits first", "source": str(args.report),
+                               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                               "score_delay": args.score_delay, "grid": {
+                                   "step_factors": args.fit_step_factors,
+                                   "prefill_ms_per_token": args.prefill_ms_per_token,
+                                   "context_ms_per_token": args.fit_context_ms}, "fits": fits}, args.out, indent=1)
+            print(f"wrote {args.out}")
+        return 0
+    result = replay(report, args.prefill_ms_per_token, args.score_delay, args.context_ms_per_token)
     pfs = [f"{x:g}" for x in args.prefill_ms_per_token]
     print(f"model step time x{result['step_scale']:.3f} (full-batch throughput = the experiment's measured "
           "capacity); recovered = mean over repeats of (fcfs - policy) / (fcfs - oracle)")

@@ -46,8 +46,10 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "sched_sim.json"
 
 def simulate(arrivals_s: Sequence[float], max_tokens: Sequence[int], prompt_tokens: Sequence[int],
              priorities: Sequence[float], slots: int, base_ms: float, per_seq_ms: float,
-             prefill_ms_per_token: float) -> np.ndarray:
-    """End-to-end latency (s) of every request under the model in the module docstring."""
+             prefill_ms_per_token: float, context_ms_per_token: float = 0.0) -> np.ndarray:
+    """End-to-end latency (s) of every request under the model in the module docstring; with
+    `context_ms_per_token`, each step also costs that much per token of context (prompt plus tokens made so
+    far) of every running request: decoding attends over it."""
     n = len(arrivals_s)
     order = sorted(range(n), key=lambda i: arrivals_s[i])
     waiting: list[tuple[float, float, int]] = []
@@ -67,7 +69,10 @@ def simulate(arrivals_s: Sequence[float], max_tokens: Sequence[int], prompt_toke
             _, _, i = heapq.heappop(waiting)
             running[i] = max_tokens[i]
             admitted += prompt_tokens[i]
-        t += (base_ms + per_seq_ms * len(running) + prefill_ms_per_token * admitted) / 1000.0
+        context = (sum(prompt_tokens[i] + max_tokens[i] - left for i, left in running.items())
+                   if context_ms_per_token else 0)
+        t += (base_ms + per_seq_ms * len(running) + prefill_ms_per_token * admitted
+              + context_ms_per_token * context) / 1000.0
         for i in list(running):
             running[i] -= 1
             if running[i] == 0:

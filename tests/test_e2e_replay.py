@@ -60,6 +60,20 @@ def test_score_delay_lets_a_worse_request_take_the_slot():
     assert rows["fcfs"]["model_mean_s"]["0"] == pytest.approx(13 / 3)  # runs without score_ms are unchanged
 
 
+def test_fit_finds_the_costs_that_made_the_real_latencies():
+    """Real latencies made by the model at step factor 1 with no prefill or context cost (pars@60 sent the
+    oracle's order and got its latencies): that grid point fits exactly, and is reported first."""
+    rep = report()
+    for q, lat in zip(rep["runs"][2]["requests"], [3.0, 5.5, 3.5], strict=True):
+        q["latency_s"] = lat
+    fits = replay.fit(rep, [0.5, 1.0], [0.0, 0.5], [0.0, 0.1], top=8)
+    assert [f["sse_mean_s2"] for f in fits] == sorted(f["sse_mean_s2"] for f in fits)
+    best = fits[0]
+    assert (best["step_factor"], best["prefill_ms_per_token"], best["context_ms_per_token"]) == (1.0, 0.0, 0.0)
+    assert best["sse_mean_s2"] < 1e-12 < fits[1]["sse_mean_s2"]
+    assert best["real_recovered"]["2/pars@60"] == pytest.approx(1.0) == best["model_recovered"]["2/pars@60"]
+
+
 def test_cli_writes_json_and_rejects_a_non_report(tmp_path, capsys):
     src = tmp_path / "e2e.json"
     src.write_text(json.dumps(report()))

@@ -33,6 +33,12 @@ def test_slots_run_in_parallel_and_steps_cost_per_sequence():
     assert lat == pytest.approx([6.0, 5.5, 3.5])
 
 
+def test_context_cost_grows_with_prompt_and_tokens_made():
+    # A alone: its steps attend over 5 prompt tokens, then 5 + 1: 1 s + 100 ms per context token each
+    lat = sim.simulate([0.0], [2], [5], [0], 1, 0.0, 1000.0, 0.0, context_ms_per_token=100.0)
+    assert list(lat) == pytest.approx([1.5 + 1.6])
+
+
 def test_gateway_rule_for_pars_windows():
     trace = {"max_tokens": TOKENS, "prompt_tokens": [7, 8, 9]}
     q = [0.9, 0.5, 0.1]
