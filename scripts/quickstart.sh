@@ -24,7 +24,7 @@ fi
 echo "== 1/4 preprocess ShareGPT -> ${OUT}/data"
 "$PY" data_preprocess/scripts/preprocess_sharegpt.py --output-dir "${OUT}/data"
 
-echo "== 2/4 train the MiniLM ranker: one epoch of in-batch pairs (about 8 minutes on 2 CPU cores)"
+echo "== 2/4 train the MiniLM ranker: one epoch of in-batch pairs (3-8 minutes on 2 CPU cores)"
 # In-batch pairing: each step encodes BATCH train prompts once and applies the margin ranking loss to
 # every in-batch pair whose relative length difference passes 0.2 (far more pairs per forward pass than
 # the pair file); length-grouped batches cut padding. --max-train-minutes bounds slower machines.
