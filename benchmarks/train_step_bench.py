@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pars import precision  # noqa: E402
 from pars.model import PairwiseRanker, load_tokenizer  # noqa: E402
 from pars.pairdata import TokenTable, split_sorted  # noqa: E402
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         """One training step; returns its passes and the seconds of clipping plus optimizer.step()."""
         restore, passes = split_sorted(table.lengths[idx], max_passes=max_passes, overhead=overhead)
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with precision.autocast(torch.bfloat16 if bf16 else None, torch.device("cpu")):
             scores = torch.cat([score(*table.pad(idx[pas])) for pas in passes])[torch.from_numpy(restore)]
         scores = scores.float()
         loss = torch.nn.functional.margin_ranking_loss(scores[: args.pairs], scores[args.pairs :], target, margin=1.0)

@@ -1,4 +1,5 @@
-"""Which autocast dtype the trainer's forward pass runs under (`--mixed-precision`, named as in accelerate).
+"""Autocast: which dtype the trainer's forward pass runs under (`--mixed-precision`, named as in accelerate),
+and the context the trainer and the scorer (PREDICTOR_DTYPE=bfloat16 on CPU) open for it.
 
 The original release autocasts on CUDA only (float16 with loss scaling) and trains in float32 on CPU. CPUs
 with AMX or AVX512-BF16 run bfloat16 matmuls several times faster than float32 ones, which makes a training
@@ -38,6 +39,7 @@ def resolve(choice: str, device: torch.device, original_batching: bool = False) 
     return choice
 
 
-def autocast(mode: str, device: torch.device) -> torch.autocast:
-    """The autocast context of a forward pass in this mode (a disabled one for `no`)."""
-    return torch.autocast(device_type=device.type, dtype=DTYPES.get(mode, torch.float32), enabled=mode != "no")
+def autocast(dtype: torch.dtype | None, device: torch.device) -> torch.autocast:
+    """The autocast context of a forward pass in `dtype` (a disabled one for None): the trainer's, with
+    `DTYPES.get(mode)`, and the scorer's."""
+    return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)

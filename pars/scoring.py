@@ -13,6 +13,7 @@ from typing import Protocol
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from pars import precision
 from pars.errors import PARSError
 from pars.model import PairwiseRanker
 
@@ -104,8 +105,7 @@ class PromptScorer:
     def _forward(self, batch: dict[str, torch.Tensor]) -> list[float]:
         input_ids = batch["input_ids"].to(self.device, non_blocking=True)
         attention_mask = batch["attention_mask"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16,
-                            enabled=self.autocast_dtype is not None):
+        with precision.autocast(self.autocast_dtype, self.device):
             return self.model.score(input_ids, attention_mask).float().cpu().tolist()
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:

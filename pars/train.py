@@ -425,7 +425,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             input_ids = [t.to(device, non_blocking=True) for t in batch["input_ids"]]
             attention_mask = [t.to(device, non_blocking=True) for t in batch["attention_mask"]]
             optimizer.zero_grad(set_to_none=True)
-            with precision.autocast(mixed_precision, device):
+            with precision.autocast(precision.DTYPES.get(mixed_precision), device):
                 # the loss in float32 whatever the matmuls ran in
                 scores = passes(input_ids, attention_mask)[batch["restore"].to(device)].float()
                 if args.pairing == "pairs":
