@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from pars.jsonio import write_json_atomic
 
@@ -59,8 +59,16 @@ def step_scale(report: dict, slots: int) -> float:
     return model_tokens_per_s / float(measured)
 
 
+def with_prompt_length(priorities: Sequence[float], prompt_tokens: Sequence[int], weight: float) -> list[float]:
+    """A what-if order: each request's rank among the run's priorities plus `weight` times its prompt's rank
+    among the prompt lengths (both scaled to 0..1), so long prompts, whose contexts make every decode step
+    dearer, go later. Weight 0 keeps the sent order."""
+    n = max(len(priorities) - 1, 1)
+    return list(rankdata(priorities) / n + weight * rankdata(prompt_tokens) / n)
+
+
 def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = False,
-           context_ms_per_token: float = 0.0, step_factor: float = 1.0) -> dict:
+           context_ms_per_token: float = 0.0, step_factor: float = 1.0, prompt_length_weight: float = 0.0) -> dict:
     trace = report["trace"]
     max_tokens, prompt_tokens = trace["max_tokens"], trace["prompt_tokens"]
     slots = int(report["config"]["max_num_seqs"])
@@ -85,6 +93,8 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
         # does the order favour long prompts? (their contexts make every decode step dearer)
         if len(set(prio)) > 1 and len(set(prompt_tokens)) > 1:
             cell.setdefault("rho_prompt", []).append(float(spearmanr(prio, prompt_tokens).statistic))
+        if prompt_length_weight and run["policy"].startswith("pars"):
+            prio = with_prompt_length(prio, prompt_tokens, prompt_length_weight)
         for pf in prefill_values:
             lat = delay + simulate(arrivals, max_tokens, prompt_tokens, prio, slots, BASE_MS * scale,
                                    PER_SEQ_MS * scale, pf, context_ms_per_token)
@@ -116,7 +126,8 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
                          "real_recovered": recovered(real, p) if p not in ("fcfs", "oracle") else None,
                          "model_recovered": ({f"{pf:g}": recovered(model[pf], p) for pf in prefill_values}
                                              if p not in ("fcfs", "oracle") else None)})
-    return {"step_scale": scale, "score_delay": score_delay, "context_ms_per_token": context_ms_per_token,
+    return {"step_scale": scale, "step_factor": step_factor, "score_delay": score_delay,
+            "context_ms_per_token": context_ms_per_token, "prompt_length_weight": prompt_length_weight,
             "rows": rows}
 
 
@@ -156,6 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--context-ms-per-token", type=float, default=0.0,
                    help="also charge every step this many ms per token of context (prompt + tokens so far) of "
                         "each running request: decode cost that grows with context length")
+    p.add_argument("--step-factor", type=float, default=1.0,
+                   help="multiply the model's step time (after scaling it to the measured capacity) by this")
+    p.add_argument("--prompt-length-weight", type=float, default=0.0,
+                   help="what-if: feed the model the PARS runs' order with this weight of prompt-length rank "
+                        "added (long prompts later; real columns stay the sent order's)")
     p.add_argument("--fit", action="store_true",
                    help="instead: grid-search the step-time factor (--fit-step-factors), prefill "
                         "(--prefill-ms-per-token) and context (--fit-context-ms) costs for the model nearest the "
@@ -164,8 +180,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fit-context-ms", type=floats, default=[0.0, 0.001, 0.002, 0.003, 0.004, 0.006])
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = p.parse_args(argv)
-    if any(x < 0 for x in args.prefill_ms_per_token) or args.context_ms_per_token < 0:
-        p.error("--prefill-ms-per-token values and --context-ms-per-token must be >= 0")
+    if (any(x < 0 for x in args.prefill_ms_per_token) or args.context_ms_per_token < 0
+            or args.prompt_length_weight < 0 or args.step_factor <= 0):
+        p.error("--prefill-ms-per-token, --context-ms-per-token and --prompt-length-weight must be >= 0, "
+                "--step-factor > 0")
     try:
         report = json.loads(args.report.read_text(encoding="utf-8"))
         report["trace"]["prompt_tokens"], report["runs"]  # noqa: B018 - fail here, in one line
@@ -193,7 +211,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    "context_ms_per_token": args.fit_context_ms}, "fits": fits}, args.out, indent=1)
             print(f"wrote {args.out}")
         return 0
-    result = replay(report, args.prefill_ms_per_token, args.score_delay, args.context_ms_per_token)
+    result = replay(report, args.prefill_ms_per_token, args.score_delay, args.context_ms_per_token,
+                    args.step_factor, args.prompt_length_weight)
     pfs = [f"{x:g}" for x in args.prefill_ms_per_token]
     print(f"model step time x{result['step_scale']:.3f} (full-batch throughput = the experiment's measured "
           "capacity); recovered = mean over repeats of (fcfs - policy) / (fcfs - oracle)")

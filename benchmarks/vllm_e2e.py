@@ -27,6 +27,7 @@ Policies, interleaved (each repeat runs every policy once per rate, the order ro
                   GATEWAY_CLIENT_PRIORITY=respect): the ceiling plus the gateway's cost
   pars@W          through a gateway with the ranker and GATEWAY_FAIRNESS_WINDOW_S=W (one per gateway;
                   the harness reads each gateway's scorer and W from its /gateway/health)
+  pars+lenX@W     the same with GATEWAY_PROMPT_LENGTH_WEIGHT=X (--prompt-length-weights): long prompts later
 
 Measured per (rate, policy, repeat): mean/p50/p90/p99 end-to-end latency, per-token latency (latency /
 max_tokens), TTFT (--stream only; non-streaming runs report it as not measured), throughput, how late the
@@ -248,7 +249,9 @@ def gateway_policy(url: str, health: dict) -> Policy:
     if health.get("scorer") == "none":
         return Policy("fcfs-gw", url, "gateway", health.get("fairness_window_s"), "none")
     w = float(health["fairness_window_s"])
-    return Policy(f"pars@{w:g}", url, "gateway", w, health.get("scorer"))
+    weight = float(health.get("prompt_length_weight") or 0.0)
+    name = f"pars+len{weight:g}@{w:g}" if weight else f"pars@{w:g}"
+    return Policy(name, url, "gateway", w, health.get("scorer"))
 
 
 def body_of(policy: Policy, req: Request, model: str, stream: bool, max_tokens: int | None = None) -> bytes:
@@ -744,7 +747,9 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     gateways = []
     configs = [("fcfs-gw", {**gw_env, "GATEWAY_SCORER": "none"})] if args.fcfs_gateway else []
     if args.ranker_path:
-        configs += [(f"pars-w{w:g}", {**gw_env, "GATEWAY_FAIRNESS_WINDOW_S": str(w)}) for w in args.fairness_windows]
+        configs += [(f"pars-w{w:g}" + (f"-len{lw:g}" if lw else ""),
+                     {**gw_env, "GATEWAY_FAIRNESS_WINDOW_S": str(w), "GATEWAY_PROMPT_LENGTH_WEIGHT": str(lw)})
+                    for w in args.fairness_windows for lw in args.prompt_length_weights]
     for name, env in configs:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -894,6 +899,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--onnx-cache-dir", default=None, help="PREDICTOR_ONNX_CACHE_DIR (the exported ONNX models)")
     g.add_argument("--scorer", choices=["remote", "local"], default="remote",
                    help="remote: one predictor service for all gateways; local: the ranker in each gateway")
+    g.add_argument("--prompt-length-weights", type=floats, default=[0.0],
+                   help="one pars gateway per W and weight: GATEWAY_PROMPT_LENGTH_WEIGHT (policy pars+len<weight>@W "
+                        "when > 0)")
     g.add_argument("--fairness-windows", type=floats, default=[10.0], help="one pars gateway per W (seconds), "
                    "comma list: the starvation guard's trade-off curve")
     g.add_argument("--no-fcfs-gateway", dest="fcfs_gateway", action="store_false",

@@ -409,6 +409,34 @@ def test_prioritizer_priorities_follow_scores():
     assert by_score == sorted(by_score) and len(set(by_score)) == len(by_score)
 
 
+class ConstScorer:
+    async def score(self, text: str) -> float:
+        return 1.0
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_prompt_length_weight_puts_long_prompts_later(weight):
+    """Equal scores: without the weight every prompt gets the same priority; with it, longer prompts get
+    larger ones, and the blended quantile stays in [0, 1] (priority <= W_ms: the guard's bound holds)."""
+    settings = GatewaySettings(fairness_window_s=BIG_WINDOW_S, prompt_length_weight=weight)
+    prioritizer = Prioritizer(settings, ConstScorer(), GatewayMetrics(), PriorityClock(BIG_WINDOW_S, lambda: 0.0))
+    lengths = list(range(5, 125, 5))
+    random.Random(0).shuffle(lengths)
+
+    async def main():
+        return {n: (await prioritizer.assign("/v1/completions", json.dumps({"prompt": "x" * n}).encode(), 0.0))
+                for n in lengths}
+
+    asyncio.run(main())  # calibration: both windows now hold every prompt
+    got = asyncio.run(main())
+    by_length = [got[n].priority for n in sorted(lengths)]
+    if weight == 0:
+        assert len(set(by_length)) == 1
+    else:
+        assert by_length == sorted(by_length) and len(set(by_length)) == len(by_length)
+    assert all(0 <= p <= BIG_WINDOW_S * 1000 for p in by_length)
+
+
 # ---------------------------------------------------------------- units: batching, body, prompts
 
 

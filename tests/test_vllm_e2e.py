@@ -359,3 +359,10 @@ def test_arrivals_are_one_pattern_scaled():
     assert a[0] == 0 and all(x <= y for x, y in zip(a, a[1:], strict=False))
     assert all(abs(x / 2 - y) < 1e-5 for x, y in zip(a, b, strict=True))
     assert e2e.arrivals_at(e2e.unit_gaps(50, seed=3), 1.0) == a
+
+
+def test_gateway_policy_names_come_from_its_health():
+    assert e2e.gateway_policy("u", {"scorer": "none", "fairness_window_s": 10}).name == "fcfs-gw"
+    assert e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 60}).name == "pars@60"
+    weighted = e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 1000, "prompt_length_weight": 0.5})
+    assert weighted.name == "pars+len0.5@1000" and weighted.window_s == 1000

@@ -85,6 +85,7 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
         return JSONResponse({
             "status": "ok", "upstream": s.upstream_url, "scorer": s.scorer, "client_priority": s.client_priority,
             "fairness_window_s": s.fairness_window_s, "max_overtake_ms": max_overtake_ms(s.fairness_window_s),
+            "prompt_length_weight": s.prompt_length_weight,
             "clock_ms": round(p.clock.now_ms()), "scores_in_window": len(p.window),
             "fallbacks": metrics.fallback_count(), "fallbacks_by_reason": metrics.fallbacks_by_reason(),
         })

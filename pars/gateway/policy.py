@@ -60,6 +60,7 @@ class Prioritizer:
         self.scorer = scorer
         self.metrics = metrics
         self.window = QuantileWindow(settings.quantile_window)
+        self.lengths = QuantileWindow(settings.quantile_window)  # prompt lengths, for prompt_length_weight
         self.clock = clock if clock is not None else PriorityClock(settings.fairness_window_s)
         self.timeout_s = settings.predictor_timeout_ms / 1000
         self._fallback_log: dict[str, tuple[float, int]] = {}  # reason -> (last logged, unlogged since)
@@ -107,7 +108,14 @@ class Prioritizer:
             self.metrics.fallbacks.labels(reason).inc()
             self._log_fallback(reason, detail, seconds)
             return NEUTRAL_QUANTILE, FALLBACK, seconds * 1000
-        return self.window.observe(score), SCORED, seconds * 1000
+        return self._blend(self.window.observe(score), text), SCORED, seconds * 1000
+
+    def _blend(self, q_score: float, text: str) -> float:
+        """The score's quantile, moved toward the prompt length's by GATEWAY_PROMPT_LENGTH_WEIGHT."""
+        w = self.settings.prompt_length_weight
+        if not w:
+            return q_score
+        return (q_score + w * self.lengths.observe(len(text))) / (1 + w)
 
     def _log_fallback(self, reason: str, exc: BaseException | None, seconds: float) -> None:
         """One line for the first fallback of a reason, then at most one per FALLBACK_LOG_EVERY_S with the
