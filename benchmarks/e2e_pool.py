@@ -114,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.baseline not in means or args.ceiling not in means:
             p.error(f"{path} has no {args.baseline} and {args.ceiling} runs at {rate:g}/s: nothing to measure "
                     "recovery against")
-        pars = sorted((k for k in means if k.startswith("pars@")), key=lambda k: float(k[5:]))
+        # pars@W and its variants (pars+lenX@W), by W, then by name
+        pars = sorted((k for k in means if k.startswith("pars") and "@" in k),
+                      key=lambda k: (float(k.rsplit("@", 1)[1]), k))
         per = {}
         for policy in pars + (["prompt-length"] if "prompt-length" in means else []):
             rows = recoveries(means, policy, args.baseline, args.ceiling)
