@@ -49,9 +49,9 @@ class GatewaySettings(BaseSettings):
     fairness_window_s: float = Field(default=10.0, ge=0)
     quantile_window: int = Field(default=1000, ge=1)  # recent scores the quantile is taken among
     # Weight of the prompt's length quantile (characters, among recent prompts) beside the score's:
-    # q = (q_score + w * q_length) / (1 + w), still in [0, 1], so the guard's bound holds. Long prompts
-    # often ask for short answers, so the ranker puts them first, but their contexts make every decode step
-    # of the batch dearer (predictor_serving/README.md). 0: the score alone. Applied to scored prompts only.
+    # q = (q_score + w * q_length) / (1 + w), still in [0, 1], so the guard's bound holds. Puts long prompts
+    # (long contexts) later; 0.5 changed nothing measurable against a real vLLM at 2x capacity (runs H and
+    # H2 in predictor_serving/README.md). 0: the score alone. Applied to scored prompts only.
     prompt_length_weight: float = Field(default=0.0, ge=0)
 
     # Bind address of `python scripts/pars_gateway.py` (with uvicorn's CLI, use --host/--port).
