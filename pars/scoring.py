@@ -74,9 +74,10 @@ class PromptScorer:
 
     def set_dtype(self, dtype: torch.dtype) -> None:
         """Score in `dtype`. On CUDA the weights are cast. On CPU only bfloat16 is offered, as autocast:
-        weights, layer norms and softmax stay float32 and the matmuls run in bfloat16, which CPUs with AMX
-        or AVX512-BF16 do ~3x faster on batches (casting the weights instead makes every op bfloat16 and
-        was 13x slower here: benchmarks/results/backend_bench_dtype_cpu.json). Scores return as float32."""
+        weights, layer norms and softmax stay float32 and the matmuls run in bfloat16, which made batches
+        2.7x faster on a CPU with AMX (benchmarks/results/backend_bench_bf16_cpu.json). Casting the weights
+        instead makes every op bfloat16, and was 13x slower here (backend_bench_dtype_cpu.json). Scores
+        return as float32."""
         if dtype == torch.float32:
             return
         if not isinstance(self.model, torch.nn.Module):
