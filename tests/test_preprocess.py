@@ -260,3 +260,48 @@ def test_num_proc_gives_the_same_outputs(tmp_path):
     preprocess.main("lmsys", ["--output-dir", str(tmp_path / "one"), "--data-files", str(src)])
     preprocess.main("lmsys", ["--output-dir", str(tmp_path / "two"), "--data-files", str(src), "--num-proc", "2"])
     assert read_outputs(tmp_path / "one") == read_outputs(tmp_path / "two")
+
+
+def multi_turn_items(n=80):
+    """Conversations of 1-4 exchanges, some cut into parts `<id>_<n>` (a later part may start with gpt),
+    some with an empty message."""
+    items = []
+    for i in range(n):
+        parts = 1 + (i % 3 == 0)
+        for part in range(parts):
+            turns = [] if part == 0 else [{"from": "gpt", "value": f"tail {i}"}]
+            for k in range(1 + i % 4):
+                asked = "" if (i, k) == (7, 1) else f"ask {i}.{part}.{k} {text(2)}"
+                turns += [{"from": "human", "value": asked}, {"from": "gpt", "value": text(RNG.randint(1, 60))}]
+            items.append({"id": f"c{i}_{part * 5}", "conversations": turns})
+    return items
+
+
+def test_train_turns_all_keeps_val_and_takes_every_turn_outside_it(tmp_path):
+    items = multi_turn_items()
+    src = write(tmp_path / "sg.json", items, "json")
+    preprocess.main("sharegpt", ["--output-dir", str(tmp_path / "first"), "--data-files", str(src)])
+    preprocess.main("sharegpt", ["--output-dir", str(tmp_path / "all"), "--data-files", str(src),
+                                 "--train-turns", "all"])
+    first, every = read_outputs(tmp_path / "first"), read_outputs(tmp_path / "all")
+    assert every[1] == first[1] and every[3] == first[3]  # the same val rows and val pairs
+    # Independently: which items are val (their first turn), and every human -> gpt turn of the others,
+    # leaving out all parts of a val conversation.
+    val_prompts = {r["prompt"] for r in first[1]}
+    val_convs = {it["id"].split("_")[0] for it in items if it["conversations"][0]["value"] in val_prompts
+                 and it["conversations"][0]["from"] == "human"}
+    want = [(t["value"], u["value"]) for it in items if it["id"].split("_")[0] not in val_convs
+            for t, u in zip(it["conversations"], it["conversations"][1:], strict=False)
+            if t["from"] == "human" and u["from"] == "gpt" and t["value"] and u["value"]]
+    assert [(r["prompt"], r["answer_content"]) for r in every[0]] == want
+    assert [r["answer_length"] for r in every[0]] == [len(a) for _, a in want]
+    assert [r["task_id"] for r in every[0]] == list(range(len(want)))
+    assert len(every[0]) > 2 * len(first[0])  # later turns are there
+    assert not val_prompts & {p for p, _ in want}
+    assert every[2] == make_pairs(every[0], 10, 0.2, 42)
+
+
+def test_train_turns_flag_only_for_multi_turn_datasets():
+    assert "--train-turns" in run_script("sharegpt", "--help").stdout
+    proc = run_script("alpaca_gpt4", "--output-dir", "x", "--train-turns", "all")
+    assert proc.returncode == 2 and "unrecognized arguments: --train-turns" in proc.stderr

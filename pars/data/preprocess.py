@@ -2,6 +2,7 @@
 
 load -> keep (dataset-specific filter) -> train_test_split(test_size, seed) -> normalize
 -> pairs (seed for train, seed + 1 for val) -> four JSON files, written atomically.
+With --train-turns all (multi-turn datasets), train takes every turn of every conversation outside val.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tqdm.auto import tqdm
 
 from pars.data import sharegpt
 from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_example
@@ -51,10 +54,20 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
         "--num-proc", type=int, default=None,
         help="Processes for datasets' filter/map (useful for lmsys-chat-1m's million rows).",
     )
+    if spec.turns is not None:
+        parser.add_argument(
+            "--train-turns", choices=["first", "all"], default="first",
+            help="first: train on the first human -> gpt turn of each train conversation (the original). "
+                 "all: on every human -> gpt turn of every conversation outside val, later turns scored "
+                 "without their context as the gateway scores them (ShareGPT: ~5x the rows; parts of a val "
+                 "conversation, ids '<id>_<n>', are left out). Val is the same either way, so val numbers "
+                 "compare. Pair files grow with the rows: mind --train-num-pairs, or train with "
+                 "--pairing in-batch, which reads train_data.json only.",
+        )
     return parser
 
 
-def _load_files(spec: DatasetSpec, paths: list[str]):
+def _load_files(spec: DatasetSpec, paths: list[str], max_turns: int | None):
     from datasets import Dataset, load_dataset
 
     for p in paths:
@@ -68,7 +81,7 @@ def _load_files(spec: DatasetSpec, paths: list[str]):
         # ShareGPT is one big JSON array, often cut off: read it element by element.
         rows: list[dict[str, Any]] = []
         for p in paths:
-            part, stats = sharegpt.read_conversations(Path(p))
+            part, stats = sharegpt.read_conversations(Path(p), max_turns)
             rows.extend(part)
             if stats.truncated:
                 print(f"note: {p} is cut off; kept its {stats.items} complete conversations")
@@ -95,13 +108,14 @@ def _load_hub(spec: DatasetSpec):
         raise PARSError(f"cannot load {spec.hub_id}: {_first_line(exc)}") from None
 
 
-def load_source(spec: DatasetSpec, data_files: list[str] | None):
+def load_source(spec: DatasetSpec, data_files: list[str] | None, max_turns: int | None = 2):
+    """The dataset's rows; ShareGPT's conversations cut to their first `max_turns` turns (None: all)."""
     from datasets import Dataset
 
     if data_files:
-        return _load_files(spec, data_files)
+        return _load_files(spec, data_files, max_turns)
     if spec.hub_id is None:
-        rows, stats = sharegpt.read_conversations()
+        rows, stats = sharegpt.read_conversations(max_turns=max_turns)
         print(f"read {stats.items} complete conversations from the packaged ShareGPT V3"
               + (" (file is cut off; the partial last one is dropped)" if stats.truncated else ""))
         return Dataset.from_list(rows)
@@ -121,6 +135,29 @@ def normalize_split(split, spec: DatasetSpec, num_proc: int | None, desc: str) -
     return kept.to_list(), len(mapped) - len(kept)
 
 
+def all_turn_rows(ds, spec: DatasetSpec, val_idx: set[int]) -> tuple[list[dict], int, int]:
+    """Train rows from every turn of every row of `ds` (before the keep filter) outside val: not a val row,
+    not part of a val row's conversation. Returns the rows, the turns skipped (empty prompt or answer) and
+    the conversations left out for sharing a val conversation's id."""
+    assert spec.turns is not None and spec.conversation is not None
+    val_conversations = {spec.conversation(ds[i]) for i in sorted(val_idx)} - {""}  # "": no id, no siblings
+    rows: list[dict] = []
+    skipped = left_out = 0
+    for i, row in enumerate(tqdm(ds, desc="Train turns", unit="conversation")):
+        if i in val_idx:
+            continue
+        if spec.conversation(row) in val_conversations:
+            left_out += 1
+            continue
+        for prompt, answer in spec.turns(row):
+            if not prompt or not answer:
+                skipped += 1
+                continue
+            rows.append({"task_id": len(rows), "prompt": prompt, "answer_content": answer,
+                         "answer_length": spec.length(answer)})
+    return rows, skipped, left_out
+
+
 def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
     check_threshold(args.similarity_threshold)
     if not 0.0 < args.test_size < 1.0:
@@ -129,7 +166,8 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
         raise PARSError("--train-num-pairs and --val-num-pairs must be >= 0")
     logging.getLogger("datasets").setLevel(logging.ERROR)
 
-    ds = load_source(spec, args.data_files)
+    all_turns = getattr(args, "train_turns", "first") == "all"
+    ds = load_source(spec, args.data_files, max_turns=None if all_turns else 2)
     if len(ds) == 0:
         raise PARSError(f"{spec.name}: the input has no rows")
     missing = [c for c in spec.required_columns if c not in ds.column_names]
@@ -138,6 +176,9 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
             f"{spec.name}: the input has no column {missing[0]!r} (columns: {', '.join(ds.column_names)})"
         )
     loaded = len(ds)
+    if all_turns:  # to find val's rows in the unfiltered set (the split itself depends only on the count)
+        ds = ds.add_column("_row", list(range(loaded)))
+    unfiltered = ds
     if spec.keep is not None:
         ds = ds.filter(functools.partial(keep_example, spec_name=spec.name), num_proc=args.num_proc,
                        desc="Filtering")
@@ -148,7 +189,13 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as exc:
         raise PARSError(f"cannot split {len(ds)} rows with --test-size {args.test_size}: {_first_line(exc)}") from None
 
-    train_rows, train_skipped = normalize_split(split["train"], spec, args.num_proc, "train")
+    left_out = None
+    if all_turns:
+        train_rows, train_skipped, left_out = all_turn_rows(unfiltered.remove_columns("_row"), spec,
+                                                            set(split["test"]["_row"]))
+        split = split.remove_columns("_row")
+    else:
+        train_rows, train_skipped = normalize_split(split["train"], spec, args.num_proc, "train")
     val_rows, val_skipped = normalize_split(split["test"], spec, args.num_proc, "val")
     if not train_rows or not val_rows:
         raise PARSError(f"{spec.name}: no usable rows in the {'train' if not train_rows else 'val'} split")
@@ -175,6 +222,11 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
         "val": {"rows": len(val_rows), "skipped": val_skipped, "pairs": len(val_pairs)},
     }
     print(f"{spec.name}: {loaded} rows loaded, {len(ds)} after filter")
+    if all_turns:
+        summary["train"]["turns"] = "all"
+        summary["train"]["conversations_left_out"] = left_out
+        print(f"  train: every turn of the {loaded - len(split['test']) - left_out} conversations outside val "
+              f"({left_out} more left out: parts of a val conversation)")
     for name in ("train", "val"):
         s = summary[name]
         print(f"  {name:5s}: {s['rows']} rows kept, {s['skipped']} skipped (empty prompt/answer), "

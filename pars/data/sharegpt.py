@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,16 +43,35 @@ def iter_complete_items(fileobj: IO[bytes], stats: ArrayReadStats | None = None)
         stats.truncated = True
 
 
-def slim(item: Any) -> dict[str, Any] | None:
-    """Keep what preprocessing uses (id, the first two turns), so 17k conversations fit small."""
+def slim(item: Any, max_turns: int | None = 2) -> dict[str, Any] | None:
+    """Keep what preprocessing uses (id, the first `max_turns` turns; None: all), so 17k conversations
+    fit small."""
     if not isinstance(item, dict) or not isinstance(item.get("conversations"), list):
         return None
     turns = [
         {"from": str(t.get("from", "")), "value": str(t.get("value") or "")}
-        for t in item["conversations"][:2]
+        for t in item["conversations"][:max_turns]
         if isinstance(t, dict)
     ]
     return {"id": str(item.get("id", "")), "conversations": turns}
+
+
+def conversation_id(item_id: str) -> str:
+    """ShareGPT V3 cut long conversations into items `<id>_<part>`: the id they share ("" for no id)."""
+    head, sep, part = item_id.rpartition("_")
+    return head if sep and part.isdigit() else item_id
+
+
+def turn_pairs(turns: Any) -> list[tuple[str, str]]:
+    """Every (human message, the gpt answer right after it) of one conversation, in order."""
+    if not isinstance(turns, list):
+        return []
+    out = []
+    for asked, answered in itertools.pairwise(turns):
+        if (isinstance(asked, dict) and isinstance(answered, dict)
+                and asked.get("from") == "human" and answered.get("from") == "gpt"):
+            out.append((str(asked.get("value") or ""), str(answered.get("value") or "")))
+    return out
 
 
 @contextmanager
@@ -83,8 +103,10 @@ def packaged_file() -> Iterator[Path]:
         yield path
 
 
-def read_conversations(path: Path | None = None) -> tuple[list[dict[str, Any]], ArrayReadStats]:
-    """All complete conversations (slimmed) of a ShareGPT JSON array; the packaged file by default."""
+def read_conversations(path: Path | None = None, max_turns: int | None = 2,
+                       ) -> tuple[list[dict[str, Any]], ArrayReadStats]:
+    """All complete conversations (slimmed to `max_turns`) of a ShareGPT JSON array; the packaged file
+    by default."""
     stats = ArrayReadStats()
     rows: list[dict[str, Any]] = []
 
@@ -92,7 +114,7 @@ def read_conversations(path: Path | None = None) -> tuple[list[dict[str, Any]], 
         try:
             with p.open("rb") as f:
                 for item in iter_complete_items(f, stats):
-                    row = slim(item)
+                    row = slim(item, max_turns)
                     if row is not None:
                         rows.append(row)
         except OSError as exc:

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pars.data import sharegpt
+
 
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else ""
@@ -32,6 +34,10 @@ class DatasetSpec:
     extract: Callable[[dict[str, Any]], tuple[str, str]]  # row -> (prompt, answer); "" = skip
     length: Callable[[str], int]
     keep: Callable[[dict[str, Any]], bool] | None = None  # filter applied before the split
+    # Multi-turn datasets (--train-turns all): a row's every (prompt, answer) turn, and the id of the
+    # conversation it belongs to (rows of one conversation never straddle train and val).
+    turns: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
+    conversation: Callable[[dict[str, Any]], str] | None = None
     train_num_pairs: int = 10
     val_num_pairs: int = 10
     hub_split: str = "train"
@@ -62,6 +68,14 @@ def _lmsys_keep(row: dict[str, Any]) -> bool:
 def _sharegpt(row: dict[str, Any]) -> tuple[str, str]:
     turns = row.get("conversations") or []
     return _text(turns[0].get("value")), _text(turns[1].get("value"))
+
+
+def _sharegpt_turns(row: dict[str, Any]) -> list[tuple[str, str]]:
+    return sharegpt.turn_pairs(row.get("conversations"))
+
+
+def _sharegpt_conversation(row: dict[str, Any]) -> str:
+    return sharegpt.conversation_id(str(row.get("id") or ""))
 
 
 def _sharegpt_keep(row: dict[str, Any]) -> bool:
@@ -122,6 +136,8 @@ SPECS: dict[str, DatasetSpec] = {
             extract=_sharegpt,
             length=chars,
             keep=_sharegpt_keep,
+            turns=_sharegpt_turns,
+            conversation=_sharegpt_conversation,
         ),
     )
 }
