@@ -78,6 +78,24 @@ def duration_correlation(report: dict, rate: float) -> dict[str, float | None]:
     return {p: (float(np.corrcoef(np.array(v).T)[0, 1]) if len(v) > 2 else None) for p, v in out.items()}
 
 
+def priority_tau(report: dict, rate: float) -> dict[str, dict]:
+    """Per policy that sent its own priorities, Kendall's tau-b between each run's priorities and the served
+    lengths (max_tokens), median and range over runs: how good the order was, apart from how it played out.
+    The same trace with different rankers, or one ranker on different days, compare on this."""
+    from scipy.stats import kendalltau
+
+    served = (report.get("trace") or {}).get("max_tokens")
+    out: dict[str, list[float]] = {}
+    for run in report["runs"]:
+        requests = run.get("requests") or []
+        if abs(run["rate"] - rate) > 1e-9 or not served or run["policy"] in ("fcfs", "fcfs-gw") or not requests:
+            continue
+        sent = [(q["priority"], served[q["i"]]) for q in requests if q.get("priority") is not None]
+        if len(sent) > 2:
+            out.setdefault(run["policy"], []).append(float(kendalltau(*zip(*sent, strict=True))[0]))
+    return {p: {"median": float(np.median(v)), "min": min(v), "max": max(v), "runs": len(v)} for p, v in out.items()}
+
+
 def summarize(rows: Sequence[tuple[int, float, float, float]]) -> dict:
     rec = [r[3] for r in rows]
     gains, oracle_gains = sum(r[1] for r in rows), sum(r[2] for r in rows)
@@ -100,8 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "is how fast the VM was during that run. The adjustment removes it, and with it any "
                         "effect a policy has on throughput (the proxy's CPU use in PARS runs): it estimates the "
                         "ranking's worth on an equally fast server, not what a user of the gateway gets")
+    p.add_argument("--same", action="append", default=[], metavar="NAME=ALIAS",
+                   help="pool policy ALIAS of any experiment under NAME (repeatable), e.g. "
+                        "'pars@1000=pars[sg_inbatch_bf16]@1000': one ranker named differently in an experiment "
+                        "that compared several")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
     args = p.parse_args(argv)
+    aliases = {}
+    for item in args.same:
+        name, sep, alias = item.partition("=")
+        if not sep or not name or not alias:
+            p.error(f"--same wants NAME=ALIAS, got {item!r}")
+        aliases[alias] = name
 
     experiments, pooled_rows = [], {}
     for path in args.reports:
@@ -111,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"cannot read {path}: {exc}")
         rate = rate_of(report, args.load_factor)
         means = means_by_repeat(report, rate, args.speed_adjusted)
+        clash = [a for a in aliases if a in means and aliases[a] in means]
+        if clash:
+            p.error(f"{path} has both {clash[0]} and {aliases[clash[0]]}: --same would mix them")
+        means = {aliases.get(k, k): v for k, v in means.items()}
         if args.baseline not in means or args.ceiling not in means:
             p.error(f"{path} has no {args.baseline} and {args.ceiling} runs at {rate:g}/s: nothing to measure "
                     "recovery against")
@@ -123,11 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             per[policy] = summarize(rows)
             pooled_rows.setdefault(policy, []).extend(rows)
         experiments.append({"file": str(path), "started_at": report.get("started_at"), "rate": rate,
-                            "recovered": per, "duration_vs_mean_corr": duration_correlation(report, rate)})
+                            "recovered": per, "duration_vs_mean_corr": duration_correlation(report, rate),
+                            "priority_tau": {aliases.get(k, k): v for k, v in priority_tau(report, rate).items()},
+                            "tokens_per_s": (report.get("capacity") or {}).get("tokens_per_s")})
     pooled = {k: summarize(v) for k, v in pooled_rows.items()}
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
               "load_factor": args.load_factor, "baseline": args.baseline, "ceiling": args.ceiling,
-              "speed_adjusted": args.speed_adjusted,
+              "speed_adjusted": args.speed_adjusted, "same": aliases,
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "experiments": experiments, "pooled": pooled}
 
@@ -145,6 +179,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = [fmt(e["recovered"][k]) if k in e["recovered"] else "" for k in names]
         print(f"| {Path(e['file']).stem} | {e['rate']:g}/s | " + " | ".join(cells) + " |")
     print("| pooled | | " + " | ".join(fmt(pooled[k]) for k in names) + " |")
+    print("\nKendall's tau of the priorities sent against the served lengths (median over runs), and the capacity "
+          "measured before each experiment:\n| experiment | tokens/s | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for e in experiments:
+        taus = [f"{e['priority_tau'][k]['median']:.3f}" if k in e["priority_tau"] else "" for k in names]
+        tps = f"{e['tokens_per_s']:.0f}" if e["tokens_per_s"] else ""
+        print(f"| {Path(e['file']).stem} | {tps} | " + " | ".join(taus) + " |")
     for e in experiments:
         corr = {k: round(v, 2) for k, v in e["duration_vs_mean_corr"].items() if v is not None}
         print(f"{Path(e['file']).stem}: correlation of a run's duration with its mean latency, per policy: {corr}")

@@ -47,6 +47,45 @@ def test_pooled_recovery_by_hand(tmp_path, capsys):
     assert result["experiments"][0]["duration_vs_mean_corr"]["pars@60"] is None
 
 
+def test_same_pools_one_ranker_under_two_names(tmp_path, capsys):
+    # a: the ranker alone (pars@60 recovers 0.6); b: two rankers compared, ours named pars[x]@60 (0.8)
+    a = report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "pars@60": [14.0]})
+    b = report(2.8, 2.0, {"fcfs": [15.0], "oracle": [10.0], "pars[x]@60": [11.0], "pars[y]@60": [14.0]})
+    for name, r in (("a.json", a), ("b.json", b)):
+        (tmp_path / name).write_text(json.dumps(r))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--load-factor", "2",
+                      "--same", "pars@60=pars[x]@60", "--out", str(out)]) == 0
+    pooled = json.loads(out.read_text())["pooled"]
+    assert pooled["pars@60"]["per_repeat"] == pytest.approx([0.6, 0.8])
+    assert pooled["pars[y]@60"]["per_repeat"] == pytest.approx([0.2]) and "pars[x]@60" not in pooled
+    with pytest.raises(SystemExit):  # an experiment with both names would mix two policies
+        pool.main([str(tmp_path / "b.json"), "--load-factor", "2", "--same", "pars[x]@60=pars[y]@60"])
+    assert "both pars[y]@60 and pars[x]@60" in capsys.readouterr().err
+
+
+def test_priority_tau_of_what_each_run_sent(tmp_path, capsys):
+    r = report(3.0, 2.0, {"fcfs": [20.0, 20.0], "oracle": [10.0, 10.0], "pars@60": [14.0, 15.0]})
+    r["trace"] = {"max_tokens": [10, 20, 30, 40]}
+    sent = {("oracle", 0): [10, 20, 30, 40], ("oracle", 1): [10, 20, 30, 40],
+            # repeat 0 in the served order (tau 1); repeat 1 with the last two swapped: 5 of 6 pairs agree,
+            # tau = (5 - 1) / 6
+            ("pars@60", 0): [1, 2, 3, 4], ("pars@60", 1): [1, 2, 4, 3]}
+    for run in r["runs"]:
+        if (run["policy"], run["repeat"]) in sent:
+            run["requests"] = [{"i": i, "priority": p} for i, p in enumerate(sent[(run["policy"], run["repeat"])])]
+        elif run["policy"] == "fcfs":
+            run["requests"] = [{"i": i, "priority": 0} for i in range(4)]
+    taus = pool.priority_tau(r, 3.0)
+    assert set(taus) == {"oracle", "pars@60"}  # fcfs sends no order
+    assert taus["oracle"] == {"median": 1.0, "min": 1.0, "max": 1.0, "runs": 2}
+    assert taus["pars@60"]["min"] == pytest.approx(4 / 6) and taus["pars@60"]["max"] == pytest.approx(1.0)
+    assert taus["pars@60"]["median"] == pytest.approx((1 + 4 / 6) / 2)
+    (tmp_path / "a.json").write_text(json.dumps(r))
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2"]) == 0
+    assert "| a |  | 0.833 |" in capsys.readouterr().out  # no capacity recorded: tokens/s blank
+
+
 def test_gateway_baselines(tmp_path):
     # through the gateway: fcfs-gw 21, oracle-gw 11 -> pars@60 at 14 recovers 0.7 (against 0.6 direct)
     r = report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "fcfs-gw": [21.0], "oracle-gw": [11.0],
