@@ -103,6 +103,42 @@ def summarize(rows: Sequence[tuple[int, float, float, float]]) -> dict:
             "t_ci": t_interval(rec), "ratio_of_sums": gains / oracle_gains if oracle_gains else None}
 
 
+def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:
+    """Every repeat's recovery, by experiment (x) and policy (colour; x-axis label: the experiment's capacity),
+    with each policy's pooled mean and t interval at the right and the target as a dashed line."""
+    from pars.plots import _new_figure, save_png
+
+    experiments = result["experiments"]
+    names = list(result["pooled"])
+    fig = _new_figure(1.6 + 1.1 * (len(experiments) + 1), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(names), 1)
+    for j, name in enumerate(names):
+        offset = (j - (len(names) - 1) / 2) * width
+        colour = f"C{j}"
+        for i, e in enumerate(experiments):
+            rec = (e["recovered"].get(name) or {}).get("per_repeat") or []
+            ax.scatter([i + offset] * len(rec), rec, s=14, color=colour, alpha=0.7)
+        ax.scatter([], [], s=14, color=colour, label=name)  # one legend entry per policy
+        pooled = result["pooled"][name]
+        if pooled["t_ci"]:
+            lo, hi = pooled["t_ci"]
+            x = len(experiments) + offset
+            ax.errorbar([x], [pooled["mean"]], yerr=[[pooled["mean"] - lo], [hi - pooled["mean"]]], fmt="D",
+                        color=colour, capsize=4)
+    ax.axhline(target, color="red", lw=0.8, ls="--", label=f"target {target:g}")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    labels = [f"{Path(e['file']).stem.removeprefix('vllm_e2e_')}\n{e['tokens_per_s']:.0f} tok/s"
+              if e.get("tokens_per_s") else Path(e["file"]).stem for e in experiments]
+    ax.set_xticks(range(len(experiments) + 1), labels + ["pooled\n(t 95 %)"], fontsize=8)
+    ax.set_ylabel(f"share of {result['ceiling']}'s mean-latency gain recovered")
+    ax.set_title(f"load factor {result['load_factor']:g}: each dot one repeat"
+                 + (" (speed-adjusted)" if result["speed_adjusted"] else ""), fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return save_png(fig, out_png)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -122,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="pool policy ALIAS of any experiment under NAME (repeatable), e.g. "
                         "'pars@1000=pars[sg_inbatch_bf16]@1000': one ranker named differently in an experiment "
                         "that compared several")
-    p.add_argument("--out", type=Path, default=None, help="JSON output (default: print only)")
+    p.add_argument("--out", type=Path, default=None, help="JSON output, and a PNG of every repeat's recovery "
+                   "beside it (default: print only)")
     args = p.parse_args(argv)
     aliases = {}
     for item in args.same:
@@ -191,7 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{Path(e['file']).stem}: correlation of a run's duration with its mean latency, per policy: {corr}")
     if args.out:
         write_json_atomic(result, args.out, indent=1)
-        print(f"wrote {args.out}")
+        png = plot_pool(result, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {png}")
     return 0
 
 

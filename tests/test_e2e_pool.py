@@ -43,6 +43,7 @@ def test_pooled_recovery_by_hand(tmp_path, capsys):
     assert pooled["ratio_of_sums"] == pytest.approx((6 + 1 + 4) / (10 + 4 + 5))
     assert pooled["t_ci"][0] < pooled["mean"] < pooled["t_ci"][1]
     assert "| pooled |" in capsys.readouterr().out
+    assert out.with_suffix(".png").stat().st_size > 0
     # two runs per policy: too few for a correlation
     assert result["experiments"][0]["duration_vs_mean_corr"]["pars@60"] is None
 
