@@ -582,20 +582,19 @@ def compare(runs: Sequence[dict], policies: Sequence[str], rates: Sequence[float
 def tradeoff(rows: Sequence[dict], rate: float) -> list[dict]:
     """The starvation guard's knob at one rate: for each pars@W its mean and p99 ratios to fcfs, and the share
     of the largest W's gain it keeps (issue 6: p99 within 1.2x of fcfs's, at least half the gain kept)."""
-    pars = sorted((r for r in rows if r["rate"] == rate and pars_window(r["policy"]) and "ratio_mean" in r),
-                  key=lambda r: (pars_window(r["policy"])[0] or "", pars_window(r["policy"])[1]))
+    pars = sorted(((pars_window(r["policy"]), r) for r in rows
+                   if r["rate"] == rate and pars_window(r["policy"]) and "ratio_mean" in r),
+                  key=lambda kr: (kr[0][0] or "", kr[0][1]))  # by ranker, then W
     fcfs = next((r for r in rows if r["rate"] == rate and r["policy"] == BASELINE), {})
     base_ttft99 = fcfs.get("ttft_p99_s")
-    top_gain = {pars_window(r["policy"])[0]: r["gain"]["mean"] for r in pars}  # each ranker's largest W
-    return [{"window_s": pars_window(r["policy"])[1], "ranker": pars_window(r["policy"])[0],
-             "ratio_mean": r["ratio_mean"]["mean"],
+    top_gain = {ranker: r["gain"]["mean"] for (ranker, _), r in pars}  # each ranker's largest W
+    return [{"window_s": w, "ranker": ranker, "ratio_mean": r["ratio_mean"]["mean"],
              "ratio_mean_t_ci": r["ratio_mean"]["t_ci"], "ratio_p99": r["ratio_p99"]["mean"],
              "ratio_ttft_p99": (r["ttft_p99_s"] / base_ttft99 if base_ttft99 and r.get("ttft_p99_s") is not None
                                 else None),
-             "gain_kept_vs_largest_w": (r["gain"]["mean"] / top_gain[pars_window(r["policy"])[0]]
-                                        if top_gain[pars_window(r["policy"])[0]] > 0 else None),
+             "gain_kept_vs_largest_w": r["gain"]["mean"] / top_gain[ranker] if top_gain[ranker] > 0 else None,
              "p99_within_1_2x": r["ratio_p99"]["mean"] <= 1.2,
-             "oracle_gain_recovered": (r.get("oracle_gain_recovered") or {}).get("mean")} for r in pars]
+             "oracle_gain_recovered": (r.get("oracle_gain_recovered") or {}).get("mean")} for (ranker, w), r in pars]
 
 
 # ----------------------------------------------------------------------------------------------- probe
@@ -742,7 +741,7 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     serving = ROOT / "predictor_serving"
     uv = [sys.executable, "-m", "uvicorn"]
     gw_env = {"GATEWAY_UPSTREAM_URL": vllm_url, "GATEWAY_PREDICTOR_TIMEOUT_MS": str(args.predictor_timeout_ms)}
-    from pars.evaluate import short_names
+    from pars.evaluate import short_names  # here: it imports torch, which the harness's other jobs never need
 
     procs = [("vllm", vproc, vllm_url, "/health")]
     configs = [("fcfs-gw", None, {**gw_env, "GATEWAY_SCORER": "none"})] if args.fcfs_gateway else []
