@@ -17,7 +17,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from pars.data import sharegpt
-from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_example
+from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_example, output_row
 from pars.errors import PARSError
 from pars.hub import hub_offline_requested, hub_reachable
 from pars.jsonio import write_json_files_atomic
@@ -150,11 +150,11 @@ def all_turn_rows(ds, spec: DatasetSpec, val_idx: set[int]) -> tuple[list[dict],
             left_out += 1
             continue
         for prompt, answer in spec.turns(row):
-            if not prompt or not answer:
+            out = output_row(spec, len(rows), prompt, answer)
+            if out["answer_length"] < 0:
                 skipped += 1
                 continue
-            rows.append({"task_id": len(rows), "prompt": prompt, "answer_content": answer,
-                         "answer_length": spec.length(answer)})
+            rows.append(out)
     return rows, skipped, left_out
 
 

@@ -35,7 +35,7 @@ class DatasetSpec:
     length: Callable[[str], int]
     keep: Callable[[dict[str, Any]], bool] | None = None  # filter applied before the split
     # Multi-turn datasets (--train-turns all): a row's every (prompt, answer) turn, and the id of the
-    # conversation it belongs to (rows of one conversation never straddle train and val).
+    # conversation it belongs to (with --train-turns all, no part of a val conversation is trained on).
     turns: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None
     conversation: Callable[[dict[str, Any]], str] | None = None
     train_num_pairs: int = 10
@@ -147,9 +147,13 @@ def normalize_example(row: dict[str, Any], idx: int, spec_name: str) -> dict[str
     """One output row; `task_id` is the row's index within its split, as in the original.
     Rows with an empty prompt or answer get answer_length -1 and are dropped afterwards."""
     spec = SPECS[spec_name]
-    prompt, answer = spec.extract(row)
+    return output_row(spec, idx, *spec.extract(row))
+
+
+def output_row(spec: DatasetSpec, task_id: int, prompt: str, answer: str) -> dict[str, Any]:
+    """The row stage 1 writes; answer_length -1 marks an empty prompt or answer (dropped)."""
     length = spec.length(answer) if prompt and answer else -1
-    return {"task_id": idx, "prompt": prompt, "answer_content": answer, "answer_length": length}
+    return {"task_id": task_id, "prompt": prompt, "answer_content": answer, "answer_length": length}
 
 
 def keep_example(row: dict[str, Any], spec_name: str) -> bool:
