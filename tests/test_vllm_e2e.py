@@ -408,3 +408,35 @@ def test_two_rankers_compared_in_one_experiment(data, model_dir, tmp_path):
             else:
                 assert max(longs) < min(shorts)
     assert "| bad 1000 |" in (tmp_path / "two.md").read_text()
+
+
+def test_ranker_max_length_reaches_each_predictor_service(monkeypatch):
+    """--ranker-max-length: one value for all rankers or one each, as PREDICTOR_MAX_LENGTH of their services."""
+    started: dict[str, dict[str, str]] = {}
+
+    class Recorder:
+        def start(self, name, cmd, env, cwd):
+            started[name] = env
+            return None
+
+    monkeypatch.setattr(e2e, "wait_up", lambda *a, **k: None)
+
+    def launch(*flags):
+        started.clear()
+        args = e2e.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start",
+                                        "--ranker-path", "runs/a/best_model.pt", "runs/b/best_model.pt", *flags])
+        e2e.start_all(args, Recorder())
+        return {n: env.get("PREDICTOR_MAX_LENGTH") for n, env in started.items() if n.startswith("predictor")}
+
+    assert launch() == {"predictor-a": None, "predictor-b": None}
+    assert launch("--ranker-max-length", "256") == {"predictor-a": "256", "predictor-b": "256"}
+    assert launch("--ranker-max-length", "128", "256") == {"predictor-a": "128", "predictor-b": "256"}
+
+
+@pytest.mark.parametrize("lengths", [["0"], ["128", "256", "512"]])
+def test_bad_ranker_max_length_is_a_one_line_error(lengths, capsys):
+    with pytest.raises(SystemExit) as exc:
+        e2e.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", "a.pt", "b.pt",
+                  "--ranker-max-length", *lengths])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--ranker-max-length" in err
