@@ -97,8 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("report", type=Path, help="a vllm_e2e.py JSON from a --stream experiment")
-    p.add_argument("--prefill-ms-per-token", type=float, default=0.3,
-                   help="prefill cost subtracted from TTFT to date the admission (0.3: e2e_replay.py's fit)")
+    p.add_argument("--prefill-ms-per-token", type=float, default=0.0,
+                   help="prefill cost subtracted from TTFT to date the admission (0: at the first token; "
+                        "e2e_replay.py's fits put it at 0.15-0.3)")
     p.add_argument("--tolerance-s", type=float, default=0.1,
                    help="how far apart two events must be to count as ordered (the estimate's error)")
     p.add_argument("--out", type=Path, help="JSON output, and a PNG beside it")

@@ -12,7 +12,10 @@ experiment (fcfs, oracle and the policy of the same repeat, as `vllm_e2e.py` pai
 
 Prints a table and writes JSON: per experiment and pooled, the mean of the per-repeat recoveries with its t
 interval, and the pooled ratio of summed gains (sum over repeats of fcfs - policy over sum of fcfs - oracle,
-which weights a repeat by the size of its oracle gain and is steadier than a mean of ratios).
+which weights a repeat by the size of its oracle gain and is steadier than a mean of ratios). Repeats of one
+trace (`--seed`) share its 80 rows, so the pooled interval over repeats leaves out which rows were drawn:
+"by trace" takes each trace's mean recovery (over every experiment that replayed it) and a t interval over
+traces, the estimate for the ranker on a trace not yet seen.
 """
 
 from __future__ import annotations
@@ -103,6 +106,27 @@ def summarize(rows: Sequence[tuple[int, float, float, float]]) -> dict:
             "t_ci": t_interval(rec), "ratio_of_sums": gains / oracle_gains if oracle_gains else None}
 
 
+def trace_key(report: dict, path: Path) -> str:
+    """Which trace (val rows drawn) an experiment replayed: vllm_e2e.py's digest of the trace's row ids, with
+    its seed; an experiment without one counts as a trace of its own."""
+    shas = {r.get("trace_sha") for r in report.get("runs", [])} - {None}
+    seed = (report.get("trace") or {}).get("seed")
+    if len(shas) == 1:
+        return f"seed {seed} ({shas.pop()[:8]})" if seed is not None else shas.pop()[:8]
+    return str(path)
+
+
+def by_trace(rows_of: dict[str, list[tuple[int, float, float, float]]]) -> dict:
+    """Recovery per trace (the mean of its repeats, over every experiment that replayed it), and the mean of
+    those with a t interval over traces. Repeats of one trace share its rows, so the pooled interval over
+    repeats leaves out which rows were drawn; this one counts a trace once."""
+    per = [{"trace": key, "repeats": len(rows), "mean": float(np.nanmean([r[3] for r in rows]))}
+           for key, rows in rows_of.items() if rows]
+    means = [t["mean"] for t in per]
+    return {"traces": len(per), "per_trace": per, "mean": float(np.mean(means)) if means else None,
+            "t_ci": t_interval(means) if len(means) > 1 else None}
+
+
 def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:
     """Every repeat's recovery, by experiment (x) and policy (colour; x-axis label: the experiment's capacity),
     with each policy's pooled mean and t interval at the right and the target as a dashed line."""
@@ -110,7 +134,7 @@ def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:
 
     experiments = result["experiments"]
     names = list(result["pooled"])
-    fig = _new_figure(1.6 + 1.1 * (len(experiments) + 1), 4.2)
+    fig = _new_figure(1.6 + 1.1 * (len(experiments) + 2), 4.2)
     ax = fig.add_subplot()
     width = 0.8 / max(len(names), 1)
     for j, name in enumerate(names):
@@ -126,15 +150,70 @@ def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:
             x = len(experiments) + offset
             ax.errorbar([x], [pooled["mean"]], yerr=[[pooled["mean"] - lo], [hi - pooled["mean"]]], fmt="D",
                         color=colour, capsize=4)
+        traces = (result.get("by_trace") or {}).get(name)
+        if traces:
+            x = len(experiments) + 1 + offset
+            ax.scatter([x] * traces["traces"], [t["mean"] for t in traces["per_trace"]], s=14, color=colour,
+                       marker="s", alpha=0.7)
+            if traces["t_ci"]:
+                lo, hi = traces["t_ci"]
+                ax.errorbar([x], [traces["mean"]], yerr=[[traces["mean"] - lo], [hi - traces["mean"]]], fmt="D",
+                            color=colour, capsize=4)
     ax.axhline(target, color="red", lw=0.8, ls="--", label=f"target {target:g}")
     ax.axhline(0.0, color="grey", lw=0.8)
     labels = [f"{Path(e['file']).stem.removeprefix('vllm_e2e_')}\n{e['tokens_per_s']:.0f} tok/s"
               if e.get("tokens_per_s") else Path(e["file"]).stem for e in experiments]
-    ax.set_xticks(range(len(experiments) + 1), labels + ["pooled\n(t 95 %)"], fontsize=8)
+    ax.set_xticks(range(len(experiments) + 2), labels + ["pooled\n(t 95 %)", "by trace\n(t over traces)"],
+                  fontsize=8)
     ax.set_ylabel(f"share of {result['ceiling']}'s mean-latency gain recovered")
     ax.set_title(f"load factor {result['load_factor']:g}: each dot one repeat"
                  + (" (speed-adjusted)" if result["speed_adjusted"] else ""), fontsize=9)
     ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    return save_png(fig, out_png)
+
+
+def model_curve(sim: dict, load_factor: float) -> list[dict]:
+    """From a sched_sim.py JSON: per simulated ranker, its tau against the served lengths and the recovery the
+    scheduler model gives its largest-W pars policy at this load factor (pooled over the model's traces)."""
+    taus = sim.get("ranker_tau_vs_max_tokens") or {}
+    best: dict[str, dict] = {}
+    for row in sim.get("summary", []):
+        if abs(row["load_factor"] - load_factor) > 1e-9 or not row["policy"].startswith("pars@"):
+            continue
+        w = float(row["policy"].rsplit("@", 1)[1])
+        if row["ranker"] in taus and (row["ranker"] not in best or w > best[row["ranker"]]["w"]):
+            best[row["ranker"]] = {"w": w, "row": row}
+    return sorted(({"ranker": k, "tau": taus[k], "policy": v["row"]["policy"],
+                    "recovered": v["row"]["recovered_pooled"], "p10_p90": v["row"].get("recovered_p10_p90")}
+                   for k, v in best.items()), key=lambda c: c["tau"])
+
+
+def plot_vs_tau(result: dict, out_png: Path, curve: Sequence[dict] = (), target: float = 0.6) -> Path:
+    """Each experiment's recovery (mean of its repeats, t interval) against the tau of the order it sent,
+    one colour per policy; the scheduler model's recovery against its rankers' tau as a line when given."""
+    from pars.plots import _new_figure, save_png
+
+    fig = _new_figure(6.4, 4.4)
+    ax = fig.add_subplot()
+    for j, name in enumerate(result["pooled"]):
+        pts = [(e["priority_tau"][name]["median"], e["recovered"][name]) for e in result["experiments"]
+               if name in e["recovered"] and name in e["priority_tau"]]
+        for k, (tau, rec) in enumerate(pts):
+            ci = rec["t_ci"]
+            yerr = [[rec["mean"] - ci[0]], [ci[1] - rec["mean"]]] if ci else None
+            ax.errorbar([tau], [rec["mean"]], yerr=yerr, fmt="o", color=f"C{j}", capsize=3, alpha=0.8,
+                        label=name if k == 0 else None)
+    if curve:
+        ax.plot([c["tau"] for c in curve], [c["recovered"] for c in curve], "k--", lw=1,
+                label=f"scheduler model ({curve[0]['policy']}, pooled over its traces)")
+    ax.axhline(target, color="red", lw=0.8, ls=":", label=f"target {target:g}")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("Kendall's tau of the priorities sent against the served lengths (median run)")
+    ax.set_ylabel(f"share of {result['ceiling']}'s mean-latency gain recovered")
+    ax.set_title(f"load factor {result['load_factor']:g}: one point per experiment (its trace), t 95 % over "
+                 "repeats" + (" (speed-adjusted)" if result["speed_adjusted"] else ""), fontsize=8)
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3)
     return save_png(fig, out_png)
 
@@ -160,7 +239,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "that compared several")
     p.add_argument("--out", type=Path, default=None, help="JSON output, and a PNG of every repeat's recovery "
                    "beside it (default: print only)")
+    p.add_argument("--model", type=Path, default=None, metavar="SCHED_SIM_JSON",
+                   help="a sched_sim.py JSON (e.g. benchmarks/results/sched_sim_noise.json): its recovery against its "
+                        "rankers' tau, drawn beside the experiments' in the *_vs_tau.png")
     args = p.parse_args(argv)
+    curve: list[dict] = []
+    if args.model is not None:
+        try:
+            curve = model_curve(json.loads(args.model.read_text(encoding="utf-8")), args.load_factor)
+        except (OSError, json.JSONDecodeError) as exc:
+            p.error(f"cannot read {args.model}: {exc}")
+        if not curve:
+            p.error(f"{args.model} has no pars policy at load factor {args.load_factor:g}")
     aliases = {}
     for item in args.same:
         name, sep, alias = item.partition("=")
@@ -169,6 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         aliases[alias] = name
 
     experiments, pooled_rows = [], {}
+    trace_rows: dict[str, dict[str, list]] = {}  # policy -> trace -> rows
     for path in args.reports:
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
@@ -191,16 +282,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = recoveries(means, policy, args.baseline, args.ceiling)
             per[policy] = summarize(rows)
             pooled_rows.setdefault(policy, []).extend(rows)
+            trace_rows.setdefault(policy, {}).setdefault(trace_key(report, path), []).extend(rows)
         experiments.append({"file": str(path), "started_at": report.get("started_at"), "rate": rate,
                             "recovered": per, "duration_vs_mean_corr": duration_correlation(report, rate),
                             "priority_tau": {aliases.get(k, k): v for k, v in priority_tau(report, rate).items()},
-                            "tokens_per_s": (report.get("capacity") or {}).get("tokens_per_s")})
+                            "tokens_per_s": (report.get("capacity") or {}).get("tokens_per_s"),
+                            "trace": trace_key(report, path)})
     pooled = {k: summarize(v) for k, v in pooled_rows.items()}
+    traces = {k: by_trace(v) for k, v in trace_rows.items()}
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
               "load_factor": args.load_factor, "baseline": args.baseline, "ceiling": args.ceiling,
               "speed_adjusted": args.speed_adjusted, "same": aliases,
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "experiments": experiments, "pooled": pooled}
+              "experiments": experiments, "pooled": pooled, "by_trace": traces,
+              "model_curve": {"source": str(args.model), "points": curve} if curve else None}
 
     def fmt(s: dict) -> str:
         ci = s["t_ci"]
@@ -216,6 +311,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = [fmt(e["recovered"][k]) if k in e["recovered"] else "" for k in names]
         print(f"| {Path(e['file']).stem} | {e['rate']:g}/s | " + " | ".join(cells) + " |")
     print("| pooled | | " + " | ".join(fmt(pooled[k]) for k in names) + " |")
+
+    def fmt_traces(s: dict) -> str:
+        ci = s["t_ci"]
+        return f"{s['mean']:.2f} " + (f"[{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "n/a") + f" (traces={s['traces']})"
+
+    print("| by trace: mean of the traces' means [t 95 % over traces] | | "
+          + " | ".join(fmt_traces(traces[k]) for k in names) + " |")
     print("\nKendall's tau of the priorities sent against the served lengths (median over runs), and the capacity "
           "measured before each experiment:\n| experiment | tokens/s | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
@@ -229,7 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.out:
         write_json_atomic(result, args.out, indent=1)
         png = plot_pool(result, args.out.with_suffix(".png"))
-        print(f"wrote {args.out} and {png}")
+        png_tau = plot_vs_tau(result, args.out.with_name(args.out.stem + "_vs_tau.png"), curve)
+        print(f"wrote {args.out}, {png} and {png_tau}")
     return 0
 
 

@@ -119,3 +119,69 @@ def test_missing_load_factor_is_one_line(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps(report(3.0, 2.0, {"fcfs": [1.0], "oracle": [0.5]})))
     with pytest.raises(SystemExit, match="no runs at load factor 1.25"):
         pool.main([str(tmp_path / "a.json"), "--load-factor", "1.25"])
+
+
+def test_by_trace_counts_a_trace_once(tmp_path, capsys):
+    """Two experiments on trace s0 (recoveries 0.6, 0.2 and 0.4) and one on trace s1 (0.8, 0.8): the pooled
+    mean weights repeats, the by-trace mean weights traces: (0.4 + 0.8) / 2."""
+    def on_trace(r: dict, seed: int, sha: str) -> dict:
+        r["trace"] = {"seed": seed}
+        for run in r["runs"]:
+            run["trace_sha"] = sha
+        return r
+
+    a = on_trace(report(3.0, 2.0, {"fcfs": [20.0, 20.0], "oracle": [10.0, 10.0], "pars@60": [14.0, 18.0]}), 0, "aa")
+    b = on_trace(report(2.9, 2.0, {"fcfs": [20.0], "oracle": [10.0], "pars@60": [16.0]}), 0, "aa")
+    c = on_trace(report(2.8, 2.0, {"fcfs": [15.0, 15.0], "oracle": [10.0, 10.0], "pars@60": [11.0, 11.0]}), 1, "bb")
+    paths = []
+    for name, r in (("a.json", a), ("b.json", b), ("c.json", c)):
+        (tmp_path / name).write_text(json.dumps(r))
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "pool.json"
+    assert pool.main([*paths, "--load-factor", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pooled"]["pars@60"]["mean"] == pytest.approx((0.6 + 0.2 + 0.4 + 0.8 + 0.8) / 5)
+    traces = result["by_trace"]["pars@60"]
+    assert traces["traces"] == 2
+    assert {t["trace"]: (t["repeats"], t["mean"]) for t in traces["per_trace"]} == {
+        "seed 0 (aa)": (3, pytest.approx(0.4)), "seed 1 (bb)": (2, pytest.approx(0.8))}
+    assert traces["mean"] == pytest.approx(0.6) and traces["t_ci"][0] < 0.6 < traces["t_ci"][1]
+    assert [e["trace"] for e in result["experiments"]] == ["seed 0 (aa)", "seed 0 (aa)", "seed 1 (bb)"]
+    assert "traces=2" in capsys.readouterr().out
+
+
+def test_experiments_without_a_trace_digest_are_traces_of_their_own(tmp_path):
+    a = report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "pars@60": [14.0]})
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--out", str(out)]) == 0
+    traces = json.loads(out.read_text())["by_trace"]["pars@60"]
+    assert traces["traces"] == 1 and traces["t_ci"] is None and traces["mean"] == pytest.approx(0.6)
+
+
+def test_model_curve_takes_each_rankers_largest_window(tmp_path, capsys):
+    def row(ranker, policy, lf, rec):
+        return {"load_factor": lf, "ranker": ranker, "policy": policy, "recovered_pooled": rec,
+                "recovered_p10_p90": [rec - 0.1, rec + 0.1]}
+
+    sim = {"ranker_tau_vs_max_tokens": {"good": 0.6, "weak": 0.3},
+           "summary": [row("good", "fcfs", 2.0, None), row("good", "pars@60", 2.0, 0.5),
+                       row("good", "pars@1000", 2.0, 0.8), row("weak", "pars@1000", 2.0, 0.4),
+                       row("weak", "pars@1000", 1.0, 0.9)]}
+    curve = pool.model_curve(sim, 2.0)
+    assert [(c["ranker"], c["policy"], c["recovered"]) for c in curve] == [("weak", "pars@1000", 0.4),
+                                                                           ("good", "pars@1000", 0.8)]
+    (tmp_path / "sim.json").write_text(json.dumps(sim))
+    r = report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "pars@60": [14.0]})
+    r["trace"] = {"max_tokens": [10, 20]}
+    for run in r["runs"]:
+        run["requests"] = [{"i": 0, "priority": 1}, {"i": 1, "priority": 2}]
+    (tmp_path / "a.json").write_text(json.dumps(r))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--model", str(tmp_path / "sim.json"),
+                      "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["model_curve"]["points"][1]["tau"] == 0.6
+    assert (tmp_path / "pool_vs_tau.png").stat().st_size > 0
+    with pytest.raises(SystemExit):  # no pars rows at this load factor
+        pool.main([str(tmp_path / "a.json"), "--load-factor", "1.5", "--model", str(tmp_path / "sim.json")])
+    assert "no pars policy at load factor 1.5" in capsys.readouterr().err
