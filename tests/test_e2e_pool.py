@@ -162,7 +162,7 @@ def test_experiments_without_a_trace_digest_are_traces_of_their_own(tmp_path):
 def test_model_curve_takes_each_rankers_largest_window(tmp_path, capsys):
     def row(ranker, policy, lf, rec):
         return {"load_factor": lf, "ranker": ranker, "policy": policy, "recovered_pooled": rec,
-                "recovered_p10_p90": [rec - 0.1, rec + 0.1]}
+                "recovered_p10_p90": None if rec is None else [rec - 0.1, rec + 0.1]}
 
     sim = {"ranker_tau_vs_max_tokens": {"good": 0.6, "weak": 0.3},
            "summary": [row("good", "fcfs", 2.0, None), row("good", "pars@60", 2.0, 0.5),
