@@ -277,17 +277,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # pars@W and its variants (pars+lenX@W), by W, then by name
         pars = sorted((k for k in means if k.startswith("pars") and "@" in k),
                       key=lambda k: (float(k.rsplit("@", 1)[1]), k))
-        per = {}
+        per, trace = {}, trace_key(report, path)
         for policy in pars + (["prompt-length"] if "prompt-length" in means else []):
             rows = recoveries(means, policy, args.baseline, args.ceiling)
             per[policy] = summarize(rows)
             pooled_rows.setdefault(policy, []).extend(rows)
-            trace_rows.setdefault(policy, {}).setdefault(trace_key(report, path), []).extend(rows)
+            trace_rows.setdefault(policy, {}).setdefault(trace, []).extend(rows)
         experiments.append({"file": str(path), "started_at": report.get("started_at"), "rate": rate,
                             "recovered": per, "duration_vs_mean_corr": duration_correlation(report, rate),
                             "priority_tau": {aliases.get(k, k): v for k, v in priority_tau(report, rate).items()},
                             "tokens_per_s": (report.get("capacity") or {}).get("tokens_per_s"),
-                            "trace": trace_key(report, path)})
+                            "trace": trace})
     pooled = {k: summarize(v) for k, v in pooled_rows.items()}
     traces = {k: by_trace(v) for k, v in trace_rows.items()}
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
