@@ -24,16 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from pars.jsonio import write_json_atomic  # noqa: E402
+from pars.jsonio import write_json_atomic
 
 
 def admissions(run: dict, prompt_tokens: Sequence[int], prefill_ms_per_token: float) -> list[dict]:
