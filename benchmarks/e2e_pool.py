@@ -124,7 +124,7 @@ def by_trace(rows_of: dict[str, list[tuple[int, float, float, float]]]) -> dict:
            for key, rows in rows_of.items() if rows]
     means = [t["mean"] for t in per]
     return {"traces": len(per), "per_trace": per, "mean": float(np.mean(means)) if means else None,
-            "t_ci": t_interval(means) if len(means) > 1 else None}
+            "t_ci": t_interval(means)}
 
 
 def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:

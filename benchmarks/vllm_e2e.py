@@ -1153,6 +1153,8 @@ def ranker_max_lengths(given: Sequence[int] | None, rankers: int) -> list[int | 
     """--ranker-max-length spread over the rankers: none (the service's default), one for all, or one each."""
     if not given:
         return [None] * rankers
+    if min(given) < 1:
+        raise ValueError("--ranker-max-length must be at least 1")
     if len(given) == 1:
         return [given[0]] * rankers
     if len(given) != rankers:
@@ -1164,8 +1166,6 @@ def ranker_max_lengths(given: Sequence[int] | None, rankers: int) -> list[int | 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    if args.ranker_max_length and min(args.ranker_max_length) < 1:
-        p.error("--ranker-max-length must be at least 1")
     try:
         ranker_max_lengths(args.ranker_max_length, len(args.ranker_path or []))
     except ValueError as exc:
