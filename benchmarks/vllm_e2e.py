@@ -735,9 +735,14 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     """Start everything --start asks for; returns the vLLM URL and the gateways ([RANKER=]URL, as --gateway)."""
     vport = free_port()
     vllm_url = f"http://127.0.0.1:{vport}"
+    vllm_env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kvcache_gib), "HF_HUB_OFFLINE": "1"}
+    if args.engine_cpus:
+        vllm_env["VLLM_CPU_OMP_THREADS_BIND"] = args.engine_cpus
     vproc = servers.start("vllm", vllm_command(args.vllm_python, str(Path(args.model_dir).resolve()), vport,
-                                               args.max_num_seqs, args.max_model_len),
-                          {"VLLM_CPU_KVCACHE_SPACE": str(args.kvcache_gib), "HF_HUB_OFFLINE": "1"}, ROOT)
+                                               args.max_num_seqs, args.max_model_len), vllm_env, ROOT)
+    # --side-cpus: the predictor and the gateways off the engine's cores, so that scoring cannot stall a
+    # decode step (as on a GPU box, where the engine does not share the predictor's CPU)
+    side = ["taskset", "-c", args.side_cpus] if args.side_cpus else []
     serving = ROOT / "predictor_serving"
     uv = [sys.executable, "-m", "uvicorn"]
     gw_env = {"GATEWAY_UPSTREAM_URL": vllm_url, "GATEWAY_PREDICTOR_TIMEOUT_MS": str(args.predictor_timeout_ms)}
@@ -763,7 +768,7 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
         if args.scorer == "remote":
             pport = free_port()
             purl = f"http://127.0.0.1:{pport}"
-            pproc = servers.start(f"predictor{tag}", uv + ["scripts.serve_predictor_score:app", "--host",
+            pproc = servers.start(f"predictor{tag}", side + uv + ["scripts.serve_predictor_score:app", "--host",
                                                            "127.0.0.1", "--port", str(pport), "--no-access-log"],
                                   ranker, serving)
             procs.append((f"predictor{tag}", pproc, purl, "/ready"))
@@ -779,8 +784,8 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     for name, label, env in configs:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = servers.start(name, uv + ["scripts.pars_gateway:app", "--host", "127.0.0.1", "--port", str(port),
-                                         "--no-access-log"], env, serving)
+        cmd = side + uv + ["scripts.pars_gateway:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        proc = servers.start(name, cmd, env, serving)
         procs.append((name, proc, url, "/gateway/health"))
         gateways.append(f"{label}={url}" if label else url)
     for name, proc, url, path in procs:
@@ -942,6 +947,11 @@ def parser() -> argparse.ArgumentParser:
                    help="do not start the GATEWAY_SCORER=none gateway (policy fcfs-gw)")
     g.add_argument("--predictor-timeout-ms", type=float, default=200.0, help="GATEWAY_PREDICTOR_TIMEOUT_MS: the "
                    "ranker shares the CPU with vLLM here, so more than the default 50")
+    g.add_argument("--engine-cpus", default=None, metavar="CPUS", help="VLLM_CPU_OMP_THREADS_BIND, the cores of "
+                   "vLLM's engine, e.g. 0 (default: vLLM's own choice; on 2 cores it takes core 0 and leaves 1)")
+    g.add_argument("--side-cpus", default=None, metavar="CPUS", help="run the predictor services, the gateways "
+                   "and this client on these cores only (taskset list, e.g. 1), off the engine's: on a small CPU "
+                   "their work otherwise stalls decode steps, in the scored runs only")
     g.add_argument("--startup-timeout-s", type=float, default=900.0)
     g.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="servers' logs")
 
@@ -1014,6 +1024,8 @@ def experiment(args: argparse.Namespace, vllm_url: str, gateway_urls: Sequence[s
         raise SystemExit("the fcfs policy is the baseline every ratio is taken against: keep it")
     if args.client_nice:
         os.nice(args.client_nice)
+    if args.side_cpus:  # once the servers are up, so that vLLM did not inherit the mask
+        os.sched_setaffinity(0, cpu_list(args.side_cpus))
 
     started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     load_start = os.getloadavg()
@@ -1163,11 +1175,32 @@ def ranker_max_lengths(given: Sequence[int] | None, rankers: int) -> list[int | 
     return list(given)
 
 
+def cpu_list(spec: str) -> set[int]:
+    """A taskset-style list ("1", "0,2-3") as a set of CPUs this process may use; ValueError otherwise."""
+    cpus: set[int] = set()
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValueError(f"{spec!r} is not a CPU list like 1 or 0,2-3") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not cpus <= allowed:
+        raise ValueError(f"CPU list {spec!r} is empty or not within this machine's CPUs {sorted(allowed)}")
+    return cpus
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
         ranker_max_lengths(args.ranker_max_length, len(args.ranker_path or []))
+        for flag, spec in (("--engine-cpus", args.engine_cpus), ("--side-cpus", args.side_cpus)):
+            if spec is not None:
+                try:
+                    cpu_list(spec)
+                except ValueError as exc:
+                    raise ValueError(f"{flag}: {exc}") from None
     except ValueError as exc:
         p.error(str(exc))
     if args.load_factors is not None and min(args.load_factors, default=0.0) <= 0:

@@ -15,6 +15,7 @@ import asyncio
 import heapq
 import itertools
 import json
+import os
 import random
 import time
 from contextlib import ExitStack
@@ -440,3 +441,50 @@ def test_bad_ranker_max_length_is_a_one_line_error(lengths, capsys):
                   "--ranker-max-length", *lengths])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "--ranker-max-length" in err
+
+
+def test_side_cpus_pin_predictor_and_gateways_not_vllm(monkeypatch):
+    """--side-cpus runs the predictor service and every gateway under taskset, vLLM not; --engine-cpus reaches
+    vLLM as VLLM_CPU_OMP_THREADS_BIND."""
+    started: dict[str, tuple[list[str], dict[str, str]]] = {}
+
+    class Recorder:
+        def start(self, name, cmd, env, cwd):
+            started[name] = (cmd, env)
+            return None
+
+    monkeypatch.setattr(e2e, "wait_up", lambda *a, **k: None)
+    cpu = str(min(os.sched_getaffinity(0)))
+
+    def launch(*flags):
+        started.clear()
+        args = e2e.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows",
+                                        "10,1000", "--ranker-path", "runs/a/best_model.pt", *flags])
+        e2e.start_all(args, Recorder())
+        return dict(started)
+
+    plain = launch()
+    assert all(cmd[0] != "taskset" for cmd, _ in plain.values())
+    assert "VLLM_CPU_OMP_THREADS_BIND" not in plain["vllm"][1]
+    pinned = launch("--side-cpus", cpu, "--engine-cpus", cpu)
+    assert set(pinned) == {"vllm", "predictor", "fcfs-gw", "pars-w10", "pars-w1000"}
+    for name, (cmd, _) in pinned.items():
+        if name == "vllm":
+            assert cmd[0] != "taskset"
+        else:
+            assert cmd[:3] == ["taskset", "-c", cpu] and cmd[3:4] == plain[name][0][:1] and cmd[4:6] == ["-m", "uvicorn"]
+    assert pinned["vllm"][1]["VLLM_CPU_OMP_THREADS_BIND"] == cpu
+
+
+@pytest.mark.parametrize("spec", ["x", "2-1", "", "100000"])
+def test_bad_cpu_list_is_a_one_line_error(spec, capsys):
+    with pytest.raises(SystemExit) as exc:
+        e2e.main(["--data", "d.json", "--model-dir", "m", "--side-cpus", spec])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--side-cpus" in err and "Traceback" not in err
+
+
+def test_cpu_list_parses_taskset_lists():
+    first = min(os.sched_getaffinity(0))
+    assert e2e.cpu_list(str(first)) == {first}
+    assert e2e.cpu_list(f"{first}-{first}, {first}") == {first}
