@@ -67,13 +67,39 @@ def with_prompt_length(priorities: Sequence[float], prompt_tokens: Sequence[int]
     return list(rankdata(priorities) / n + weight * rankdata(prompt_tokens) / n)
 
 
+SPEEDS = ("capacity", "per-run", "equal")
+
+
+def speed_factor(sent: np.ndarray, delay: np.ndarray, max_tokens: Sequence[int], prompt_tokens: Sequence[int],
+                 prio: Sequence[float], slots: int, base_ms: float, per_seq_ms: float, prefill: float,
+                 context: float, real_end: float) -> float:
+    """The factor on the step time at which the model's last answer comes when the real run's did: that run's
+    own server speed (bisection; the last answer grows with the step time)."""
+    lo, hi = 0.1, 10.0
+    for _ in range(40):
+        mid = (lo * hi) ** 0.5
+        lat = delay + simulate(list(sent + delay), max_tokens, prompt_tokens, prio, slots, base_ms * mid,
+                               per_seq_ms * mid, prefill, context)
+        lo, hi = (mid, hi) if max(sent + lat) < real_end else (lo, mid)
+    return (lo * hi) ** 0.5
+
+
 def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = False,
-           context_ms_per_token: float = 0.0, step_factor: float = 1.0, prompt_length_weight: float = 0.0) -> dict:
+           context_ms_per_token: float = 0.0, step_factor: float = 1.0, prompt_length_weight: float = 0.0,
+           speed: str = "capacity") -> dict:
+    """`speed`: the model's step time for each run. capacity: the experiment's measured capacity (times
+    `step_factor`) for every run; per-run: each run's own, the one at which the model's last answer comes when
+    the real one did; equal: every policy of a repeat at the mean of that repeat's fcfs and oracle runs' own
+    speeds, as if the scored runs had not run slower."""
+    if speed not in SPEEDS:
+        raise ValueError(f"speed must be one of {SPEEDS}, not {speed!r}")
     trace = report["trace"]
     max_tokens, prompt_tokens = trace["max_tokens"], trace["prompt_tokens"]
     slots = int(report["config"]["max_num_seqs"])
     scale = step_scale(report, slots) * step_factor
+    base, per_seq = BASE_MS * scale, PER_SEQ_MS * scale
     cells: dict[tuple[float, str], dict] = {}
+    todo = []
     for run in report["runs"]:
         reqs = sorted(run["requests"], key=lambda q: q["i"])
         if any(q["latency_s"] is None for q in reqs):
@@ -82,22 +108,37 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
         # with score_delay a scored request reaches the server only once the gateway has its score (its
         # x-pars-score-ms); its latency still counts from the send
         delay = np.asarray([(q.get("score_ms") or 0.0) / 1000.0 if score_delay else 0.0 for q in reqs])
-        arrivals = list(sent + delay)
         prio = [q["priority"] if q["priority"] is not None else 0 for q in reqs]
         cell = cells.setdefault((run["rate"], run["policy"]), {"real": {}, "model": {p: {} for p in prefill_values},
                                                                 "real_end": [], "model_end": {p: [] for p in
-                                                                                              prefill_values}})
+                                                                                              prefill_values},
+                                                                "factor": {p: {} for p in prefill_values}})
         cell["real"][run["repeat"]] = float(np.mean([q["latency_s"] for q in reqs]))
         # the last answer's time from the first send: how long the run took to do the same work
-        cell["real_end"].append(max(q["sent_s"] + q["latency_s"] for q in reqs))
+        real_end = max(q["sent_s"] + q["latency_s"] for q in reqs)
+        cell["real_end"].append(real_end)
         # does the order favour long prompts? (their contexts make every decode step dearer)
         if len(set(prio)) > 1 and len(set(prompt_tokens)) > 1:
             cell.setdefault("rho_prompt", []).append(float(spearmanr(prio, prompt_tokens).statistic))
         if prompt_length_weight and run["policy"].startswith("pars"):
             prio = with_prompt_length(prio, prompt_tokens, prompt_length_weight)
+        own = {pf: (1.0 if speed == "capacity" else
+                    speed_factor(sent, delay, max_tokens, prompt_tokens, prio, slots, base, per_seq, pf,
+                                 context_ms_per_token, real_end)) for pf in prefill_values}
+        todo.append((run, cell, sent, delay, prio, own))
+    if speed == "equal":  # each repeat's direct runs set the speed of all its runs
+        ref: dict[tuple[float, int], list[dict[float, float]]] = {}
+        for run, _, _, _, _, own in todo:
+            if run["policy"] in ("fcfs", "oracle"):
+                ref.setdefault((run["rate"], run["repeat"]), []).append(own)
+    for run, cell, sent, delay, prio, own in todo:
         for pf in prefill_values:
-            lat = delay + simulate(arrivals, max_tokens, prompt_tokens, prio, slots, BASE_MS * scale,
-                                   PER_SEQ_MS * scale, pf, context_ms_per_token)
+            factor = own[pf]
+            if speed == "equal" and ref.get((run["rate"], run["repeat"])):
+                factor = float(np.mean([o[pf] for o in ref[(run["rate"], run["repeat"])]]))
+            cell["factor"][pf][run["repeat"]] = own[pf]
+            lat = delay + simulate(list(sent + delay), max_tokens, prompt_tokens, prio, slots, base * factor,
+                                   per_seq * factor, pf, context_ms_per_token)
             cell["model"][pf][run["repeat"]] = float(lat.mean())
             cell["model_end"][pf].append(float(max(sent + lat)))
 
@@ -121,12 +162,17 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
                                                  for pf in prefill_values},
                          "model_mean_s": {f"{pf:g}": float(np.mean(list(model[pf][p].values())))
                                           for pf in prefill_values},
+                         # each run's own speed (1 under --speed capacity): is one policy's server slower?
+                         "speed_factor": {f"{pf:g}": float(np.mean(list(cells[(rate, p)]["factor"][pf].values())))
+                                          for pf in prefill_values},
+                         "speed_factor_by_repeat": {f"{pf:g}": cells[(rate, p)]["factor"][pf]
+                                                    for pf in prefill_values},
                          "rho_priority_prompt_tokens": (float(np.mean(cells[(rate, p)]["rho_prompt"]))
                                                         if cells[(rate, p)].get("rho_prompt") else None),
                          "real_recovered": recovered(real, p) if p not in ("fcfs", "oracle") else None,
                          "model_recovered": ({f"{pf:g}": recovered(model[pf], p) for pf in prefill_values}
                                              if p not in ("fcfs", "oracle") else None)})
-    return {"step_scale": scale, "step_factor": step_factor, "score_delay": score_delay,
+    return {"step_scale": scale, "step_factor": step_factor, "speed": speed, "score_delay": score_delay,
             "context_ms_per_token": context_ms_per_token, "prompt_length_weight": prompt_length_weight,
             "rows": rows}
 
@@ -169,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "each running request: decode cost that grows with context length")
     p.add_argument("--step-factor", type=float, default=1.0,
                    help="multiply the model's step time (after scaling it to the measured capacity) by this")
+    p.add_argument("--speed", choices=SPEEDS, default="capacity",
+                   help="the model's server speed for each run: capacity (the experiment's measured capacity, "
+                        "for every run), per-run (each run's own: the step time at which the model's last answer "
+                        "comes when the real one did), equal (every policy of a repeat at the mean speed of its "
+                        "fcfs and oracle runs: what the scored runs would have got on an equally fast server)")
     p.add_argument("--prompt-length-weight", type=float, default=0.0,
                    help="what-if: feed the model the PARS runs' order with this weight of prompt-length rank "
                         "added (long prompts later; real columns stay the sent order's)")
@@ -212,10 +263,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {args.out}")
         return 0
     result = replay(report, args.prefill_ms_per_token, args.score_delay, args.context_ms_per_token,
-                    args.step_factor, args.prompt_length_weight)
+                    args.step_factor, args.prompt_length_weight, args.speed)
     pfs = [f"{x:g}" for x in args.prefill_ms_per_token]
     print(f"model step time x{result['step_scale']:.3f} (full-batch throughput = the experiment's measured "
           "capacity); recovered = mean over repeats of (fcfs - policy) / (fcfs - oracle)")
+    if args.speed != "capacity":
+        print(f"--speed {args.speed}: each run's own speed factor (on that step time), mean per policy: "
+              + ", ".join(f"{r['policy']} " + "/".join(f"{r['speed_factor'][x]:.3f}" for x in pfs)
+                          for r in result["rows"]))
     print("| rate/s | policy | repeats | real mean s | " + " | ".join(f"model mean s @{x}" for x in pfs) +
           " | real recovered | " + " | ".join(f"model recovered @{x}" for x in pfs) + " | real last answer s | "
           + " | ".join(f"model last answer s @{x}" for x in pfs) + " |")

@@ -84,3 +84,26 @@ def test_cli_writes_json_and_rejects_a_non_report(tmp_path, capsys):
     with pytest.raises(SystemExit):
         replay.main([str(tmp_path / "bad.json")])
     assert "is not a vllm_e2e.py report" in capsys.readouterr().err
+
+
+def test_speed_per_run_and_equal_by_hand():
+    """The PARS run sent the oracle's order but ran on a server twice as slow (every step 2 s): A 0-6 s,
+    C 6-8 s, B 8-12 s. per-run finds each run's own speed from its last answer (1 for fcfs and the oracle,
+    2 for pars) and so reproduces the real loss; equal runs pars at its repeat's fcfs and oracle speed and
+    models the oracle's latencies for it: all of the gain."""
+    rep = report()
+    rep["runs"] = [run("fcfs", [0, 0, 0], [3.0, 4.5, 5.5]), run("oracle", TOKENS, [3.0, 5.5, 3.5]),
+                   run("pars@60", [5, 9, 1], [6.0, 11.5, 7.5])]
+    per_run = {r["policy"]: r for r in replay.replay(rep, [0.0], speed="per-run")["rows"]}
+    assert per_run["fcfs"]["speed_factor"]["0"] == pytest.approx(1.0, rel=1e-6)
+    assert per_run["pars@60"]["speed_factor"]["0"] == pytest.approx(2.0, rel=1e-6)
+    assert per_run["pars@60"]["model_mean_s"]["0"] == pytest.approx(25 / 3, rel=1e-6)
+    assert per_run["pars@60"]["model_recovered"]["0"] == pytest.approx(per_run["pars@60"]["real_recovered"],
+                                                                       rel=1e-5)
+    assert per_run["pars@60"]["real_recovered"] == pytest.approx((13 / 3 - 25 / 3) / (13 / 3 - 4))
+    equal = {r["policy"]: r for r in replay.replay(rep, [0.0], speed="equal")["rows"]}
+    assert equal["pars@60"]["model_mean_s"]["0"] == pytest.approx(4.0, rel=1e-6)
+    assert equal["pars@60"]["model_recovered"]["0"] == pytest.approx(1.0, rel=1e-5)
+    assert equal["pars@60"]["speed_factor"]["0"] == pytest.approx(2.0, rel=1e-6)  # its own, as measured
+    with pytest.raises(ValueError, match="speed"):
+        replay.replay(rep, [0.0], speed="fast")

@@ -1,0 +1,191 @@
+"""How much of PARS's shortfall in the vLLM experiments is each run's server speed (issue 6)?
+
+`e2e_replay.py` feeds the scheduler model each real run's arrivals and the priorities it sent. At the speed
+the experiment measured before its runs, the model recovers more of the oracle's gain than the real PARS runs
+did, on every trace of runs J and K. This script replays a set of experiments three ways (`e2e_replay.py
+--speed`):
+
+  capacity  every run at the experiment's measured capacity;
+  per-run   each run at its own speed: the step time at which the model's last answer comes when the real
+            run's did (every policy does the same work, so a run that ends late ran on a slower server);
+  equal     every policy of a repeat at the mean speed of that repeat's fcfs and oracle runs: what the scored
+            runs would have recovered had they not run slower.
+
+If per-run matches the real recovery, the gap to capacity is the server's speed from run to run; equal then
+says what is left once the scored runs' own slowdown is taken out. `slower_than_direct` is how much slower a
+policy's runs were than the fcfs and oracle runs of the same repeat (per-run speed factors). Each trace is
+averaged over its experiments, then a t interval is taken over traces (as `e2e_pool.py` pools by trace).
+
+    .venv/bin/python benchmarks/e2e_speed.py benchmarks/results/vllm_e2e_run{J,L}.json \\
+        benchmarks/results/vllm_e2e_runK_seed{2,3,4,5,6,7,8,9,10,11,12}.json \\
+        --same 'pars@1000=pars[sg_inbatch_bf16]@1000' --out benchmarks/results/e2e_speed_JKL.json
+
+Prints a table and writes JSON, with a PNG beside it (recovery per trace: real against the three models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pars.jsonio import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from e2e_pool import trace_key  # noqa: E402
+from e2e_replay import SPEEDS, replay  # noqa: E402
+from vllm_e2e import t_interval  # noqa: E402
+
+DIRECT = ("fcfs", "oracle")
+
+
+def slower_than_direct(row: dict, direct: Sequence[dict], prefill: str) -> float | None:
+    """Mean over repeats of a policy's own speed factor over its repeat's mean direct one, minus 1: +0.02 says
+    its runs took 2 % longer per step than the fcfs and oracle runs beside them."""
+    ratios = []
+    for rep, factor in row["speed_factor_by_repeat"][prefill].items():
+        ref = [d["speed_factor_by_repeat"][prefill][rep] for d in direct
+               if rep in d["speed_factor_by_repeat"][prefill]]
+        if ref:
+            ratios.append(factor / float(np.mean(ref)) - 1.0)
+    return float(np.mean(ratios)) if ratios else None
+
+
+def experiment(report: dict, prefill: float, aliases: dict[str, str]) -> dict[str, dict]:
+    """Per policy (renamed by `aliases`), at the top rate: the real recovery, the model's under each speed and
+    the slowdown against the direct runs."""
+    key = f"{prefill:g}"
+    by_speed = {speed: replay(report, [prefill], speed=speed)["rows"] for speed in SPEEDS}
+    top = max(r["rate"] for r in by_speed["capacity"])
+    per_run = {r["policy"]: r for r in by_speed["per-run"] if r["rate"] == top}
+    direct = [per_run[p] for p in DIRECT if p in per_run]
+    out = {}
+    for row in by_speed["capacity"]:
+        if row["rate"] != top or row["real_recovered"] is None:
+            continue
+        policy = row["policy"]
+        models = {speed: next(r for r in rows if r["rate"] == top and r["policy"] == policy)["model_recovered"][key]
+                  for speed, rows in by_speed.items()}
+        out[aliases.get(policy, policy)] = {"real": row["real_recovered"], "model": models,
+                                            "repeats": row["repeats"],
+                                            "slower_than_direct": slower_than_direct(per_run[policy], direct, key)}
+    return out
+
+
+def pool(experiments: Sequence[tuple[str, dict[str, dict]]]) -> dict[str, dict]:
+    """Per policy: each trace's mean over its experiments of the real and modelled recoveries and the
+    slowdown, then the mean and t interval over traces."""
+    traces: dict[str, dict[str, list[dict]]] = {}
+    for trace, policies in experiments:
+        for policy, cell in policies.items():
+            traces.setdefault(policy, {}).setdefault(trace, []).append(cell)
+    out = {}
+    for policy, by_trace in traces.items():
+        per_trace = {}
+        for trace, cells in by_trace.items():
+            slow = [c["slower_than_direct"] for c in cells if c["slower_than_direct"] is not None]
+            per_trace[trace] = {"real": float(np.mean([c["real"] for c in cells])),
+                                **{s: float(np.mean([c["model"][s] for c in cells])) for s in SPEEDS},
+                                "slower_than_direct": float(np.mean(slow)) if slow else None}
+        cols = {}
+        for col in ("real", *SPEEDS, "slower_than_direct"):
+            v = [t[col] for t in per_trace.values() if t[col] is not None]
+            cols[col] = {"mean": float(np.mean(v)) if v else None, "ci": t_interval(v)}
+        slow = [t["slower_than_direct"] for t in per_trace.values() if t["slower_than_direct"] is not None]
+        out[policy] = {"traces": len(per_trace), "per_trace": per_trace, "by_trace": cols,
+                       "traces_slower": sum(x > 0 for x in slow)}
+    return out
+
+
+def plot(result: dict, out_png: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    policies = list(result["pooled"])
+    fig, axes = plt.subplots(len(policies), 1, figsize=(10, 3.6 * len(policies)), squeeze=False)
+    for ax, policy in zip(axes[:, 0], policies, strict=True):
+        per_trace = result["pooled"][policy]["per_trace"]
+        names = list(per_trace)
+        x = np.arange(len(names))
+        for k, (col, label) in enumerate([("real", "real runs"), ("capacity", "model, measured capacity"),
+                                          ("per-run", "model, each run's own speed"),
+                                          ("equal", "model, scored runs as fast as fcfs/oracle")]):
+            ax.bar(x + (k - 1.5) * 0.2, [per_trace[n][col] for n in names], 0.2, label=label)
+        ax.axhline(0.6, color="k", lw=0.8, ls="--")
+        ax.set_xticks(x, [n.split(" (")[0] for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("share of oracle's gain")
+        ax.set_title(policy, fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Recovery per trace, real against the scheduler model (prefill {result['prefill_ms_per_token']:g} "
+                 "ms/token)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("reports", type=Path, nargs="+", help="vllm_e2e.py JSON outputs")
+    p.add_argument("--prefill-ms-per-token", type=float, default=0.3, help="the model's prefill cost")
+    p.add_argument("--same", action="append", default=[], metavar="NAME=ALIAS",
+                   help="count policy NAME as ALIAS (one ranker named differently in different experiments)")
+    p.add_argument("--out", type=Path, default=None, help="JSON output, the PNG beside it (default: print only)")
+    args = p.parse_args(argv)
+    if args.prefill_ms_per_token < 0:
+        p.error("--prefill-ms-per-token must be >= 0")
+    aliases = {}
+    for item in args.same:
+        name, eq, alias = item.partition("=")
+        if not eq or not name or not alias:
+            p.error(f"--same wants NAME=ALIAS, got {item!r}")
+        aliases[name] = alias
+    experiments = []
+    for path in args.reports:
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            report["trace"]["prompt_tokens"], report["runs"]  # noqa: B018 - fail here, in one line
+        except (OSError, json.JSONDecodeError, KeyError) as exc:
+            p.error(f"{path} is not a vllm_e2e.py report with runs and trace token counts ({exc!r})")
+        experiments.append((trace_key(report, path), experiment(report, args.prefill_ms_per_token, aliases)))
+    result = {"what": "issue 6: PARS's recovery of the oracle's gain, real against the scheduler model at three "
+                      "server speeds per run", "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "sources": [str(x) for x in args.reports], "prefill_ms_per_token": args.prefill_ms_per_token,
+              "same": aliases, "pooled": pool(experiments)}
+    for policy, r in result["pooled"].items():
+        print(f"\n{policy}: {r['traces']} traces; recovered share of the oracle's gain, each trace's mean")
+        print("| trace | real | model, capacity | model, per-run speed | model, equal speed | slower than direct |")
+        print("|---|---|---|---|---|---|")
+        for trace, t in r["per_trace"].items():
+            slow = "" if t["slower_than_direct"] is None else f"{100 * t['slower_than_direct']:+.1f} %"
+            print(f"| {trace} | {t['real']:.2f} | {t['capacity']:.2f} | {t['per-run']:.2f} | {t['equal']:.2f} | "
+                  f"{slow} |")
+        b = r["by_trace"]
+
+        def cell(col: str, pct: bool = False, b: dict = b) -> str:
+            m, ci = b[col]["mean"], b[col]["ci"]
+            if m is None:
+                return ""
+            f = (lambda x: f"{100 * x:+.1f} %") if pct else (lambda x: f"{x:.2f}")
+            return f(m) + (f" [{f(ci[0])}, {f(ci[1])}]" if ci else "")
+
+        print(f"| **mean over traces** | {cell('real')} | {cell('capacity')} | {cell('per-run')} | {cell('equal')} | "
+              f"{cell('slower_than_direct', True)} ({r['traces_slower']} of {r['traces']} slower) |")
+    if args.out:
+        write_json_atomic(result, args.out, indent=1)
+        png = plot(result, args.out.with_suffix(".png"))
+        print(f"\nwrote {args.out}, {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
