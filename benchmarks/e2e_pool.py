@@ -127,6 +127,54 @@ def by_trace(rows_of: dict[str, list[tuple[int, float, float, float]]]) -> dict:
             "t_ci": t_interval(means)}
 
 
+def read_experiment(path: Path, load_factor: float, speed_adjusted: bool, aliases: dict[str, str],
+                    baseline: str, ceiling: str) -> tuple[dict, dict[str, list]]:
+    """One vllm_e2e.py report: its summary for the pool, and each PARS (or prompt-length) policy's recovery
+    rows, policies renamed by `aliases`. ValueError with a one-line reason when it cannot be pooled."""
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from None
+    rate = rate_of(report, load_factor)
+    means = means_by_repeat(report, rate, speed_adjusted)
+    clash = [a for a in aliases if a in means and aliases[a] in means]
+    if clash:
+        raise ValueError(f"{path} has both {clash[0]} and {aliases[clash[0]]}: --same would mix them")
+    means = {aliases.get(k, k): v for k, v in means.items()}
+    if baseline not in means or ceiling not in means:
+        raise ValueError(f"{path} has no {baseline} and {ceiling} runs at {rate:g}/s: nothing to measure "
+                         "recovery against")
+    # pars@W and its variants (pars+lenX@W), by W, then by name
+    pars = sorted((k for k in means if k.startswith("pars") and "@" in k),
+                  key=lambda k: (float(k.rsplit("@", 1)[1]), k))
+    per, rows_of = {}, {}
+    for policy in pars + (["prompt-length"] if "prompt-length" in means else []):
+        rows_of[policy] = recoveries(means, policy, baseline, ceiling)
+        per[policy] = summarize(rows_of[policy])
+    experiment = {"file": str(path), "started_at": report.get("started_at"), "rate": rate, "recovered": per,
+                  "duration_vs_mean_corr": duration_correlation(report, rate),
+                  "priority_tau": {aliases.get(k, k): v for k, v in priority_tau(report, rate).items()},
+                  "tokens_per_s": (report.get("capacity") or {}).get("tokens_per_s"),
+                  "trace": trace_key(report, path)}
+    return experiment, rows_of
+
+
+def paired_by_trace(these: dict[str, list], those: dict[str, list]) -> dict | None:
+    """On the traces both sets replayed: each trace's mean recovery in this set minus that in the other, and
+    the mean difference with a t interval over those traces (a trace's own difficulty cancels out)."""
+    common = [t for t in these if t in those and these[t] and those[t]]
+    if not common:
+        return None
+    per = [{"trace": t, "this": float(np.nanmean([r[3] for r in these[t]])),
+            "versus": float(np.nanmean([r[3] for r in those[t]]))} for t in common]
+    for row in per:
+        row["difference"] = row["this"] - row["versus"]
+    diffs = [row["difference"] for row in per]
+    return {"traces": len(per), "per_trace": per, "mean_this": float(np.mean([r["this"] for r in per])),
+            "mean_versus": float(np.mean([r["versus"] for r in per])), "mean_difference": float(np.mean(diffs)),
+            "t_ci": t_interval(diffs)}
+
+
 def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:
     """Every repeat's recovery, by experiment (x) and policy (colour; x-axis label: the experiment's capacity),
     with each policy's pooled mean and t interval at the right and the target as a dashed line."""
@@ -239,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "that compared several")
     p.add_argument("--out", type=Path, default=None, help="JSON output, and a PNG of every repeat's recovery "
                    "beside it (default: print only)")
+    p.add_argument("--versus", nargs="+", type=Path, default=[], metavar="REPORT",
+                   help="a second set of experiments (e.g. the same traces run under other settings): per policy, "
+                        "the recovery on the traces both sets replayed, this set minus that one, paired by trace")
     p.add_argument("--model", type=Path, default=None, metavar="SCHED_SIM_JSON",
                    help="a sched_sim.py JSON (e.g. benchmarks/results/sched_sim_noise.json): its recovery against its "
                         "rankers' tau, drawn beside the experiments' in the *_vs_tau.png")
@@ -260,41 +311,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     experiments, pooled_rows = [], {}
     trace_rows: dict[str, dict[str, list]] = {}  # policy -> trace -> rows
-    for path in args.reports:
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            p.error(f"cannot read {path}: {exc}")
-        rate = rate_of(report, args.load_factor)
-        means = means_by_repeat(report, rate, args.speed_adjusted)
-        clash = [a for a in aliases if a in means and aliases[a] in means]
-        if clash:
-            p.error(f"{path} has both {clash[0]} and {aliases[clash[0]]}: --same would mix them")
-        means = {aliases.get(k, k): v for k, v in means.items()}
-        if args.baseline not in means or args.ceiling not in means:
-            p.error(f"{path} has no {args.baseline} and {args.ceiling} runs at {rate:g}/s: nothing to measure "
-                    "recovery against")
-        # pars@W and its variants (pars+lenX@W), by W, then by name
-        pars = sorted((k for k in means if k.startswith("pars") and "@" in k),
-                      key=lambda k: (float(k.rsplit("@", 1)[1]), k))
-        per, trace = {}, trace_key(report, path)
-        for policy in pars + (["prompt-length"] if "prompt-length" in means else []):
-            rows = recoveries(means, policy, args.baseline, args.ceiling)
-            per[policy] = summarize(rows)
-            pooled_rows.setdefault(policy, []).extend(rows)
-            trace_rows.setdefault(policy, {}).setdefault(trace, []).extend(rows)
-        experiments.append({"file": str(path), "started_at": report.get("started_at"), "rate": rate,
-                            "recovered": per, "duration_vs_mean_corr": duration_correlation(report, rate),
-                            "priority_tau": {aliases.get(k, k): v for k, v in priority_tau(report, rate).items()},
-                            "tokens_per_s": (report.get("capacity") or {}).get("tokens_per_s"),
-                            "trace": trace})
+    try:
+        for path in args.reports:
+            experiment, rows_of = read_experiment(path, args.load_factor, args.speed_adjusted, aliases,
+                                                  args.baseline, args.ceiling)
+            experiments.append(experiment)
+            for policy, rows in rows_of.items():
+                pooled_rows.setdefault(policy, []).extend(rows)
+                trace_rows.setdefault(policy, {}).setdefault(experiment["trace"], []).extend(rows)
+        versus_rows: dict[str, dict[str, list]] = {}
+        for path in args.versus:
+            experiment, rows_of = read_experiment(path, args.load_factor, args.speed_adjusted, aliases,
+                                                  args.baseline, args.ceiling)
+            for policy, rows in rows_of.items():
+                versus_rows.setdefault(policy, {}).setdefault(experiment["trace"], []).extend(rows)
+    except ValueError as exc:
+        p.error(str(exc))
     pooled = {k: summarize(v) for k, v in pooled_rows.items()}
     traces = {k: by_trace(v) for k, v in trace_rows.items()}
+    versus = ({k: paired_by_trace(v, versus_rows.get(k, {})) for k, v in trace_rows.items()}
+              if args.versus else None)
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
               "load_factor": args.load_factor, "baseline": args.baseline, "ceiling": args.ceiling,
               "speed_adjusted": args.speed_adjusted, "same": aliases,
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "experiments": experiments, "pooled": pooled, "by_trace": traces,
+              "versus": {"files": [str(x) for x in args.versus], "by_policy": versus} if versus else None,
               "model_curve": {"source": str(args.model), "points": curve} if curve else None}
 
     def fmt(s: dict) -> str:
@@ -318,6 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("| by trace: mean of the traces' means [t 95 % over traces] | | "
           + " | ".join(fmt_traces(traces[k]) for k in names) + " |")
+    for k, v in (versus or {}).items():
+        if v is None:
+            print(f"--versus: no trace in both sets has {k}")
+            continue
+        ci = v["t_ci"]
+        print(f"{k}, paired by trace over the {v['traces']} traces both sets replayed: this set {v['mean_this']:.2f}, "
+              f"--versus set {v['mean_versus']:.2f}, difference {v['mean_difference']:+.2f} "
+              + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "(one trace: no interval)"))
     print("\nKendall's tau of the priorities sent against the served lengths (median over runs), and the capacity "
           "measured before each experiment:\n| experiment | tokens/s | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))

@@ -185,3 +185,32 @@ def test_model_curve_takes_each_rankers_largest_window(tmp_path, capsys):
     with pytest.raises(SystemExit):  # no pars rows at this load factor
         pool.main([str(tmp_path / "a.json"), "--load-factor", "1.5", "--model", str(tmp_path / "sim.json")])
     assert "no pars policy at load factor 1.5" in capsys.readouterr().err
+
+
+def test_versus_pairs_traces_both_sets_replayed(tmp_path, capsys):
+    """This set: trace s0 at 0.6, s1 at 0.8, s2 at 0.5. The other: s0 at 0.4, s1 at 0.5 (no s2). Paired on
+    s0 and s1: differences +0.2 and +0.3, mean +0.25; s2 is left out of the pairing, not of the by-trace pool."""
+    def on_trace(r: dict, seed: int) -> dict:
+        r["trace"] = {"seed": seed}
+        for run in r["runs"]:
+            run["trace_sha"] = f"sha{seed}"
+        return r
+
+    def write(name: str, seed: int, pars: float) -> str:
+        r = on_trace(report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "pars@1000": [20.0 - 10.0 * pars]}), seed)
+        (tmp_path / name).write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    these = [write("a0.json", 0, 0.6), write("a1.json", 1, 0.8), write("a2.json", 2, 0.5)]
+    those = [write("b0.json", 0, 0.4), write("b1.json", 1, 0.5)]
+    out = tmp_path / "pool.json"
+    assert pool.main([*these, "--load-factor", "2", "--versus", *those, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    paired = result["versus"]["by_policy"]["pars@1000"]
+    assert paired["traces"] == 2
+    assert {r["trace"]: r["difference"] for r in paired["per_trace"]} == {
+        "seed 0 (sha0)": pytest.approx(0.2), "seed 1 (sha1)": pytest.approx(0.3)}
+    assert paired["mean_difference"] == pytest.approx(0.25) and paired["mean_versus"] == pytest.approx(0.45)
+    assert paired["t_ci"][0] < 0.25 < paired["t_ci"][1]
+    assert result["by_trace"]["pars@1000"]["traces"] == 3
+    assert "difference +0.25" in capsys.readouterr().out
