@@ -472,7 +472,8 @@ def test_side_cpus_pin_predictor_and_gateways_not_vllm(monkeypatch):
         if name == "vllm":
             assert cmd[0] != "taskset"
         else:
-            assert cmd[:3] == ["taskset", "-c", cpu] and cmd[3:4] == plain[name][0][:1] and cmd[4:6] == ["-m", "uvicorn"]
+            assert cmd[:3] == ["taskset", "-c", cpu]
+            assert cmd[3:6] == [plain[name][0][0], "-m", "uvicorn"]
     assert pinned["vllm"][1]["VLLM_CPU_OMP_THREADS_BIND"] == cpu
 
 
