@@ -127,6 +127,17 @@ def by_trace(rows_of: dict[str, list[tuple[int, float, float, float]]]) -> dict:
             "t_ci": t_interval(means)}
 
 
+def parse_same(items: Sequence[str]) -> dict[str, str]:
+    """--same NAME=ALIAS items as {ALIAS: NAME}: the policy ALIAS of any experiment is pooled under NAME."""
+    aliases = {}
+    for item in items:
+        name, sep, alias = item.partition("=")
+        if not sep or not name or not alias:
+            raise ValueError(f"--same wants NAME=ALIAS, got {item!r}")
+        aliases[alias] = name
+    return aliases
+
+
 def read_experiment(path: Path, load_factor: float, speed_adjusted: bool, aliases: dict[str, str],
                     baseline: str, ceiling: str) -> tuple[dict, dict[str, list]]:
     """One vllm_e2e.py report: its summary for the pool, and each PARS (or prompt-length) policy's recovery
@@ -302,12 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error(f"cannot read {args.model}: {exc}")
         if not curve:
             p.error(f"{args.model} has no pars policy at load factor {args.load_factor:g}")
-    aliases = {}
-    for item in args.same:
-        name, sep, alias = item.partition("=")
-        if not sep or not name or not alias:
-            p.error(f"--same wants NAME=ALIAS, got {item!r}")
-        aliases[alias] = name
+    try:
+        aliases = parse_same(args.same)
+    except ValueError as exc:
+        p.error(str(exc))
 
     experiments, pooled_rows = [], {}
     trace_rows: dict[str, dict[str, list]] = {}  # policy -> trace -> rows

@@ -38,7 +38,7 @@ from pars.jsonio import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from e2e_pool import trace_key  # noqa: E402
+from e2e_pool import parse_same, trace_key  # noqa: E402
 from e2e_replay import SPEEDS, replay  # noqa: E402
 from vllm_e2e import t_interval  # noqa: E402
 
@@ -138,17 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("reports", type=Path, nargs="+", help="vllm_e2e.py JSON outputs")
     p.add_argument("--prefill-ms-per-token", type=float, default=0.3, help="the model's prefill cost")
     p.add_argument("--same", action="append", default=[], metavar="NAME=ALIAS",
-                   help="count policy NAME as ALIAS (one ranker named differently in different experiments)")
+                   help="pool policy ALIAS of any experiment under NAME (repeatable), as e2e_pool.py --same: one "
+                        "ranker named differently in different experiments")
     p.add_argument("--out", type=Path, default=None, help="JSON output, the PNG beside it (default: print only)")
     args = p.parse_args(argv)
     if args.prefill_ms_per_token < 0:
         p.error("--prefill-ms-per-token must be >= 0")
-    aliases = {}
-    for item in args.same:
-        name, eq, alias = item.partition("=")
-        if not eq or not name or not alias:
-            p.error(f"--same wants NAME=ALIAS, got {item!r}")
-        aliases[name] = alias
+    try:
+        aliases = parse_same(args.same)
+    except ValueError as exc:
+        p.error(str(exc))
     experiments = []
     for path in args.reports:
         try:

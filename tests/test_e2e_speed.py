@@ -48,7 +48,7 @@ def test_pooled_by_trace_with_aliases(tmp_path, capsys):
     a.write_text(json.dumps(report("1", ORACLE_AT_2)))
     b.write_text(json.dumps(report("2", ORACLE_AT_1, name="pars[x]@60")))
     out = tmp_path / "speed.json"
-    assert speed.main([str(a), str(b), "--prefill-ms-per-token", "0", "--same", "pars[x]@60=pars@60",
+    assert speed.main([str(a), str(b), "--prefill-ms-per-token", "0", "--same", "pars@60=pars[x]@60",
                        "--out", str(out)]) == 0
     pooled = json.loads(out.read_text())["pooled"]["pars@60"]
     assert pooled["traces"] == 2 and pooled["traces_slower"] == 1
