@@ -93,13 +93,11 @@ def pool(experiments: Sequence[tuple[str, dict[str, dict]]]) -> dict[str, dict]:
             per_trace[trace] = {"real": float(np.mean([c["real"] for c in cells])),
                                 **{s: float(np.mean([c["model"][s] for c in cells])) for s in SPEEDS},
                                 "slower_than_direct": float(np.mean(slow)) if slow else None}
-        cols = {}
-        for col in ("real", *SPEEDS, "slower_than_direct"):
-            v = [t[col] for t in per_trace.values() if t[col] is not None]
-            cols[col] = {"mean": float(np.mean(v)) if v else None, "ci": t_interval(v)}
-        slow = [t["slower_than_direct"] for t in per_trace.values() if t["slower_than_direct"] is not None]
+        values = {col: [t[col] for t in per_trace.values() if t[col] is not None]
+                  for col in ("real", *SPEEDS, "slower_than_direct")}
+        cols = {col: {"mean": float(np.mean(v)) if v else None, "ci": t_interval(v)} for col, v in values.items()}
         out[policy] = {"traces": len(per_trace), "per_trace": per_trace, "by_trace": cols,
-                       "traces_slower": sum(x > 0 for x in slow)}
+                       "traces_slower": sum(x > 0 for x in values["slower_than_direct"])}
     return out
 
 
