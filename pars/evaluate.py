@@ -27,6 +27,7 @@ from pars.model import load_ranker, load_tokenizer
 from pars.pairdata import load_pairs, load_rows, subsample
 from pars.pairs import pair_file_name
 from pars.scoring import PromptScorer, resolve_device
+from pars.truncation import TRUNCATIONS
 
 DEFAULT_OUTPUT = "evaluation.json"
 
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train_data.json for the TF-IDF baseline: one for all datasets or one per --val-data "
                         "(default: train_data.json beside each val_data.json; skipped without one).")
     p.add_argument("--max-length", type=int, default=128, help="Tokens per prompt seen by the ranker.")
+    p.add_argument("--truncation", nargs="+", default=["head"], choices=TRUNCATIONS, metavar="{head,middle}",
+                   help="How a longer prompt is cut, one for all checkpoints or one per --checkpoint: as each "
+                        "was trained (train_pairwise_bert.py --truncation).")
     p.add_argument("--batch-size", type=int, default=64, help="Prompts per forward pass.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
     p.add_argument("--max-rows", type=int, default=None,
@@ -111,6 +115,18 @@ def short_names(paths: Sequence[str | Path]) -> list[str]:
     per_dir = Counter(p.parent for p in resolved)
     names = [dir_name[p.parent] + (f"/{p.stem}" if per_dir[p.parent] > 1 else "") for p in resolved]
     if len(set(names)) < len(names):  # the same file given twice
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
+def checkpoint_names(paths: Sequence[str | Path], truncations: Sequence[str]) -> list[str]:
+    """short_names, with `+middle` after a checkpoint scored under middle truncation: one checkpoint can be
+    given twice, once per truncation."""
+    distinct = list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
+    base = dict(zip(distinct, short_names(distinct), strict=True))
+    names = [base[str(Path(p).resolve())] + ("" if t == "head" else f"+{t}")
+             for p, t in zip(paths, truncations, strict=True)]
+    if len(set(names)) < len(names):
         names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
     return names
 
@@ -375,11 +391,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
     model_names = per_item(args.model_name, len(args.checkpoint), "--model-name", "--checkpoint")
+    truncations = per_item(args.truncation, len(args.checkpoint), "--truncation", "--checkpoint")
     device = resolve_device(args.device)
     started = time.perf_counter()
     notes: list[str] = []
     datasets = load_datasets(args, notes)
-    ckpt_names = short_names(args.checkpoint)
+    ckpt_names = checkpoint_names(args.checkpoint, truncations)
     for note in notes:
         print(f"note: {note}")
 
@@ -395,10 +412,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_seconds = {}
     first_scores: dict[str, float] = {}
-    for ckpt, ckpt_name, model_name in zip(args.checkpoint, ckpt_names, model_names, strict=True):
+    for ckpt, ckpt_name, model_name, truncation in zip(args.checkpoint, ckpt_names, model_names, truncations,
+                                                       strict=True):
         start = time.perf_counter()
         scorer = PromptScorer(load_ranker(model_name, ckpt), load_tokenizer(model_name),
-                              max_length=args.max_length, device=device)
+                              max_length=args.max_length, device=device, truncation=truncation)
         load_seconds[ckpt_name] = round(time.perf_counter() - start, 3)
         for ds in datasets:
             print(f"Scoring {ds.name} ({len(ds.prompts())} prompts) with {ckpt_name} on {device}")
@@ -424,8 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"{ckpt_names[0]} on {datasets[0].name} (tau={fmt(tau, 3)})", datasets[0])
     report = {
         "inputs": {
-            "checkpoints": [{"name": n, "path": str(c), "model_name": m}
-                            for n, c, m in zip(ckpt_names, args.checkpoint, model_names, strict=True)],
+            "checkpoints": [{"name": n, "path": str(c), "model_name": m, "truncation": t}
+                            for n, c, m, t in zip(ckpt_names, args.checkpoint, model_names, truncations,
+                                                  strict=True)],
             "datasets": [ds.describe() for ds in datasets],
             "threshold": args.threshold, "max_length": args.max_length, "batch_size": args.batch_size,
             "device": str(device), "max_rows": args.max_rows,

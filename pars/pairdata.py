@@ -18,6 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from pars.errors import PARSError
 from pars.jsonio import read_json
 from pars.padding import plan_passes
+from pars.truncation import check_truncation, encode_prompts
 
 
 def check_pair(item: Any, i: int, what: str, path: str | os.PathLike[str]) -> None:
@@ -159,13 +160,19 @@ class PairCollator:
     """The original release's collate (`--batching original`): tokenizes a batch of pairs as it is drawn,
     A and B each padded to `max_length` tokens whatever the prompts' lengths, scored in two passes."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, truncation: str = "head") -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.truncation = check_truncation(truncation)
 
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+        if self.truncation == "head":
+            enc = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length,
+                                 return_tensors="pt")
+        else:
+            ids = encode_prompts(self.tokenizer, prompts, self.max_length, self.truncation)
+            enc = self.tokenizer.pad({"input_ids": ids}, padding="max_length", max_length=self.max_length,
+                                     return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -210,7 +217,7 @@ class TokenTable:
 
     @classmethod
     def build(cls, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str], max_length: int,
-              chunk: int = 2048, progress: bool = True) -> TokenTable:
+              chunk: int = 2048, progress: bool = True, truncation: str = "head") -> TokenTable:
         """Tokenize (with special tokens, truncated at max_length) exactly as the original collate does,
         only once per prompt."""
         from tqdm.auto import tqdm
@@ -218,8 +225,7 @@ class TokenTable:
         pieces: list[np.ndarray] = []
         lengths: list[int] = []
         for start in tqdm(range(0, len(prompts), chunk), desc="Tokenizing", unit="chunk", disable=not progress):
-            enc = tokenizer(list(prompts[start : start + chunk]), truncation=True, max_length=max_length)
-            for ids in enc["input_ids"]:
+            for ids in encode_prompts(tokenizer, prompts[start : start + chunk], max_length, truncation):
                 pieces.append(np.asarray(ids, dtype=np.int32))
                 lengths.append(len(ids))
         offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
@@ -255,24 +261,26 @@ class PairIndex:
     """Pairs as (prompt index A, prompt index B, label) arrays over one TokenTable."""
 
     def __init__(self, prompts: Sequence[str], a: np.ndarray, b: np.ndarray, labels: np.ndarray,
-                 tokenizer: PreTrainedTokenizerBase, max_length: int, progress: bool = True) -> None:
+                 tokenizer: PreTrainedTokenizerBase, max_length: int, progress: bool = True,
+                 truncation: str = "head") -> None:
         used = np.unique(np.concatenate([a, b]))  # prompts a subsample no longer references are not tokenized
         remap = np.full(len(prompts), -1, dtype=np.int32)
         remap[used] = np.arange(len(used), dtype=np.int32)
-        self.table = TokenTable.build(tokenizer, [prompts[k] for k in used], max_length, progress=progress)
+        self.table = TokenTable.build(tokenizer, [prompts[k] for k in used], max_length, progress=progress,
+                                      truncation=truncation)
         self.a, self.b, self.labels = remap[a], remap[b], labels.astype(np.float32)
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                   progress: bool = True) -> PairIndex:
+                   progress: bool = True, truncation: str = "head") -> PairIndex:
         distinct, idx = index_prompts([p[k] for p in pairs for k in ("prompt_A", "prompt_B")])
         labels = np.fromiter((p["label"] for p in pairs), dtype=np.float32, count=len(pairs))
-        return cls(distinct, idx[0::2], idx[1::2], labels, tokenizer, max_length, progress)
+        return cls(distinct, idx[0::2], idx[1::2], labels, tokenizer, max_length, progress, truncation)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], tokenizer: PreTrainedTokenizerBase, max_length: int,
                   limit: int | None = None, seed: int = 0, what: str = "train file",
-                  progress: bool = True) -> PairIndex:
+                  progress: bool = True, truncation: str = "head") -> PairIndex:
         """Stream a pair file, checking each pair as load_pairs does and keeping only prompt indices and
         labels: memory grows with the distinct prompts, not with the pairs. `limit`/`seed` pick the same
         subset as subsample()."""
@@ -290,7 +298,7 @@ class PairIndex:
             raise PARSError(f"{what} {path} holds no pairs")
         keep = np.asarray(subsample(list(range(len(labels))), limit, seed), dtype=np.int64)
         arrays = (np.frombuffer(x, dtype=x.typecode)[keep] for x in (a, b, labels))
-        return cls(list(position), *arrays, tokenizer, max_length, progress)
+        return cls(list(position), *arrays, tokenizer, max_length, progress, truncation)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -315,9 +323,9 @@ class RowIndex:
     """Rows of train_data.json (for in-batch pairing) as prompt indices and answer lengths."""
 
     def __init__(self, rows: Sequence[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, max_length: int,
-                 progress: bool = True) -> None:
+                 progress: bool = True, truncation: str = "head") -> None:
         distinct, self.prompt = index_prompts([r["prompt"] for r in rows])
-        self.table = TokenTable.build(tokenizer, distinct, max_length, progress=progress)
+        self.table = TokenTable.build(tokenizer, distinct, max_length, progress=progress, truncation=truncation)
         self.answer_lengths = np.fromiter((r["answer_length"] for r in rows), dtype=np.float32, count=len(rows))
 
     def __len__(self) -> int:

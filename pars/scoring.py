@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from pars import precision
 from pars.errors import PARSError
 from pars.model import PairwiseRanker
+from pars.truncation import check_truncation, encode_prompts
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -62,11 +63,13 @@ class PromptScorer:
         tokenizer: PreTrainedTokenizerBase,
         max_length: int = 128,
         device: str | torch.device | None = None,
+        truncation: str = "head",
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.truncation = check_truncation(truncation)
         pad = tokenizer.pad_token_id
         self.pad_id = 0 if pad is None else int(pad)
         self._slots = threading.BoundedSemaphore(1)
@@ -97,6 +100,9 @@ class PromptScorer:
 
     def tokenize(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Pad to the longest prompt of the call, truncate at max_length."""
+        if self.truncation != "head":
+            input_ids, attention_mask = pad_ids(self.encode(prompts), self.pad_id)
+            return {"input_ids": input_ids, "attention_mask": attention_mask}
         enc = self.tokenizer(
             list(prompts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         )
@@ -110,8 +116,8 @@ class PromptScorer:
             return self.model.score(input_ids, attention_mask).float().cpu().tolist()
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        """Token ids per prompt, truncated at max_length, unpadded."""
-        return self.tokenizer(list(prompts), truncation=True, max_length=self.max_length)["input_ids"]
+        """Token ids per prompt, truncated at max_length (pars/truncation.py), unpadded."""
+        return encode_prompts(self.tokenizer, prompts, self.max_length, self.truncation)
 
     def score_ids(self, ids: Sequence[Sequence[int]]) -> list[float]:
         """Token-id lists (from `encode`) padded together, in one forward pass."""

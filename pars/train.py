@@ -52,6 +52,7 @@ from pars.pairs import check_threshold
 from pars.plots import plot_training_curves
 from pars.scoring import PromptScorer
 from pars.trainstate import STATE_FILE, capture_rng, check_signature, load_state, restore_rng, save_state
+from pars.truncation import TRUNCATIONS
 
 DEFAULT_PROMPT_GROUP_SIZE = 2
 
@@ -74,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"Encoder: hub id, local directory, or '{OFFLINE_ENCODER}' for the offline all-MiniLM-L6-v2.",
     )
     p.add_argument("--max-length", type=int, default=128, help="Tokens per prompt (longer ones are truncated).")
+    p.add_argument("--truncation", choices=TRUNCATIONS, default="head",
+                   help="How a prompt over --max-length is cut: head keeps its first tokens (the original "
+                        "release); middle keeps its first and last halves, so an instruction after long "
+                        "material is seen. Serve the ranker with the same (PREDICTOR_TRUNCATION).")
     p.add_argument("--batch-size", type=int, default=128,
                    help="Pairs per optimizer step (rows with --pairing in-batch), over all ranks together.")
     p.add_argument("--num-epochs", type=int, default=3, help="Passes over the train pairs.")
@@ -280,7 +285,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     if args.pairing == "pairs" and args.batching == "fast":
         # streamed: only the distinct prompts' token ids and three small integers per pair stay in memory
         index = PairIndex.from_file(args.train_file, tokenizer, args.max_length, args.max_train_samples,
-                                    args.seed, progress=info.is_main)
+                                    args.seed, progress=info.is_main, truncation=args.truncation)
         train_items = None
     elif args.pairing == "pairs":
         train_items = load_pairs(args.train_file, "train file")
@@ -305,10 +310,11 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     use_cuda = device.type == "cuda"
     lengths = groups = None
     if args.batching == "original":  # the pair dicts stay in memory and are tokenized batch by batch
-        dataset, collate = ListDataset(train_items), PairCollator(tokenizer, args.max_length)
+        dataset, collate = ListDataset(train_items), PairCollator(tokenizer, args.max_length, args.truncation)
     else:  # token ids of each distinct prompt once; items are indices into them
         if index is None:
-            index = RowIndex(train_items, tokenizer, args.max_length, progress=info.is_main)
+            index = RowIndex(train_items, tokenizer, args.max_length, progress=info.is_main,
+                             truncation=args.truncation)
             del train_items
         dataset = ListDataset(range(n_train))
         collate = FastPairCollator(index) if args.pairing == "pairs" else FastRowCollator(index)
@@ -337,7 +343,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         state = load_state(state_path)
         load_state_dict_into(model, state["model"], str(state_path))
     model.to(device)
-    scorer = PromptScorer(model, tokenizer, max_length=args.max_length, device=device)
+    scorer = PromptScorer(model, tokenizer, max_length=args.max_length, device=device, truncation=args.truncation)
     passes = PassScorer(model)
     if info.enabled:
         passes = DistributedDataParallel(passes, device_ids=[device.index] if device.type == "cuda" else None)
@@ -503,6 +509,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             "learning_rate": args.learning_rate,
             "margin": args.margin,
             "max_length": args.max_length,
+            "truncation": args.truncation,
             "best_val_accuracy": best["val_accuracy"],
             "history": history,
             "select_by": args.select_by,

@@ -47,9 +47,12 @@ def _is_int(value: object) -> bool:
 
 
 def scorable_text(text: str, max_chars: int) -> str:
-    """The start of the prompt, with lone surrogates (valid in JSON, not in UTF-8) replaced: one such
-    prompt would otherwise fail the whole /score_batch call it shares with others."""
-    text = text[:max_chars]
+    """The prompt, or its first and last max_chars/2 characters when longer (the ranker reads its start, or
+    its start and end under PREDICTOR_TRUNCATION=middle), with lone surrogates (valid in JSON, not in
+    UTF-8) replaced: one such prompt would otherwise fail the whole /score_batch call it shares with others."""
+    if len(text) > max_chars:
+        head = (max_chars + 1) // 2
+        text = text[:head] + text[len(text) - (max_chars - head):]
     return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
 
 

@@ -37,7 +37,8 @@ class GatewaySettings(BaseSettings):
     # remote: while a /score_batch call is in flight, gather new prompts this long for the next call
     gather_ms: float = Field(default=2.0, ge=0)
     max_batch_prompts: int = Field(default=64, ge=1)  # remote: prompts per /score_batch call
-    # Only the start of a prompt is scored (the ranker reads its first max_length tokens anyway).
+    # Only the start and end of a longer prompt are scored, half each (the ranker reads at most max_length
+    # tokens of them anyway).
     max_prompt_chars: int = Field(default=8192, ge=1)
 
     # A client's own `priority` field: respect (kept, not scored), override (replaced by the gateway's),

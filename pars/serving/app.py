@@ -71,7 +71,8 @@ def load_scorer(settings: Settings) -> PromptScorer:
     model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
                                  settings.onnx_cache_dir, threads=settings.threads_per_worker(),
                                  spin=settings.onnx_spin, log=log.warning)
-    scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device)
+    scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device,
+                          truncation=settings.truncation)
     scorer.set_dtype(dtype)
     return scorer
 

@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     model_path: str = "../predictor_train/outputs/alpaca_gpt4_bert/best_model.pt"
     model_name: str = "bert-base-uncased"
     max_length: int = Field(default=128, ge=1, le=4096)
+    # How a longer prompt is cut (pars/truncation.py): as the ranker was trained (train --truncation).
+    truncation: Literal["head", "middle"] = "head"
     device: str | None = None  # None: cuda when available, else cpu
 
     # Inference. backend: torch, or the CPU fast path through ONNX Runtime (pars/backends.py):
