@@ -334,6 +334,11 @@ def format_table(results: dict[str, dict[str, Any]], datasets: Sequence[EvalData
             for base, d in m.get("tau_minus_baseline", {}).items():
                 lines.append(f"  tau({name}) - tau({base}) = {d['difference']:+.4f}  "
                              f"(paired bootstrap 95% CI {fmt(d['ci95_low'])} .. {fmt(d['ci95_high'])})")
+        first = next(iter(res["models"]), None)
+        for name, m in res["models"].items():
+            if (d := m.get("tau_minus_first_checkpoint")) is not None:
+                lines.append(f"  tau({name}) - tau({first}) = {d['difference']:+.4f}  "
+                             f"(paired bootstrap 95% CI {fmt(d['ci95_low'])} .. {fmt(d['ci95_high'])})")
         lines.append("")
     return "\n".join(lines)
 
@@ -412,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_seconds = {}
     first_scores: dict[str, float] = {}
+    first_by_dataset: dict[str, dict[str, float]] = {}  # the first checkpoint's scores: the others against it
     for ckpt, ckpt_name, model_name, truncation in zip(args.checkpoint, ckpt_names, model_names, truncations,
                                                        strict=True):
         start = time.perf_counter()
@@ -422,6 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"Scoring {ds.name} ({len(ds.prompts())} prompts) with {ckpt_name} on {device}")
             metrics, score_of = evaluate_checkpoint(scorer, ds, args.batch_size)
             metrics["tau_minus_baseline"] = versus_baselines(score_of, baseline_tables[ds.name], ds, args.seed)
+            if ds.name in first_by_dataset:
+                metrics["tau_minus_first_checkpoint"] = versus_baselines(
+                    score_of, {ckpt_names[0]: first_by_dataset[ds.name]}, ds, args.seed)[ckpt_names[0]]
+            else:
+                first_by_dataset[ds.name] = score_of
             results[ds.name]["models"][ckpt_name] = metrics
             first_scores = first_scores or score_of
         del scorer

@@ -119,6 +119,12 @@ def test_checkpoint_metrics_equal_a_direct_computation(evaluated, tiny_model_dir
         assert d["ci95_low"] <= d["difference"] <= d["ci95_high"]
     # Different seeds, different fc: the two checkpoints are not scored as one.
     assert got["kendall_tau"] != report["results"][tiny_data.name]["models"]["run_a"]["kendall_tau"]
+    # every checkpoint after the first against the first, on the same rows
+    first = report["results"][tiny_data.name]["models"]["run_a"]
+    assert "tau_minus_first_checkpoint" not in first
+    d = got["tau_minus_first_checkpoint"]
+    assert d["difference"] == pytest.approx(got["kendall_tau"] - first["kendall_tau"], abs=1e-9)
+    assert d["ci95_low"] <= d["difference"] <= d["ci95_high"]
 
 
 def test_baselines_beside_every_checkpoint(evaluated, tiny_data):
