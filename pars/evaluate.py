@@ -416,7 +416,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         results[ds.name] = {"rows": len(ds.rows), "pairs": len(ds.pairs), "models": {}, "baselines": baselines}
 
     load_seconds = {}
-    first_scores: dict[str, float] = {}
     first_by_dataset: dict[str, dict[str, float]] = {}  # the first checkpoint's scores: the others against it
     for ckpt, ckpt_name, model_name, truncation in zip(args.checkpoint, ckpt_names, model_names, truncations,
                                                        strict=True):
@@ -434,7 +433,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 first_by_dataset[ds.name] = score_of
             results[ds.name]["models"][ckpt_name] = metrics
-            first_scores = first_scores or score_of
         del scorer
 
     matrix = build_matrix(results, ckpt_names, [ds.name for ds in datasets])
@@ -449,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plots = {}
     if args.plots:
         tau = results[datasets[0].name]["models"][ckpt_names[0]]["kendall_tau"]
-        plots = write_plots(paths, matrix, first_scores,
+        plots = write_plots(paths, matrix, first_by_dataset[datasets[0].name],
                             f"{ckpt_names[0]} on {datasets[0].name} (tau={fmt(tau, 3)})", datasets[0])
     report = {
         "inputs": {
