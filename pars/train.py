@@ -375,7 +375,9 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                  "batching": args.batching, "group_by_length": args.group_by_length,
                  "group_by_prompt": args.group_by_prompt, "prompt_group_size": args.prompt_group_size,
                  "total_steps": total_steps,
-                 "world_size": info.world_size}
+                 "world_size": info.world_size,
+                 # the same weights see other tokens under another cut
+                 "max_length": args.max_length, "truncation": args.truncation}
     best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf}
     history: list[dict[str, Any]] = []
     # position: epoch, batches of it consumed, optimizer steps in all and at its start; running sums

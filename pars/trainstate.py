@@ -69,8 +69,10 @@ def load_state(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def check_signature(saved: dict[str, Any], current: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Resuming is only meaningful for the same data, batch order and schedule."""
+    """Resuming is only meaningful for the same data, batch order, schedule and inputs.
+
+    A key that `saved` lacks is not checked: states written by an older version did not record it."""
     for key, value in current.items():
-        if saved.get(key) != value:
+        if key in saved and saved[key] != value:
             raise PARSError(f"{path} was written by a different run ({key}: {saved.get(key)!r} there, "
                             f"{value!r} now); resume with the same arguments")

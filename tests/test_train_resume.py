@@ -14,7 +14,7 @@ import torch
 from pars import train
 from pars.errors import PARSError
 from pars.model import read_state_dict
-from pars.trainstate import STATE_FILE, load_state
+from pars.trainstate import STATE_FILE, check_signature, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,9 +85,20 @@ def test_resume_with_other_arguments_is_refused(tiny_model_dir, tiny_data, tmp_p
     with pytest.raises(PARSError, match="different run .batch_size"):
         train.main(args_for(tiny_model_dir, tiny_data, out, "--max-steps", "4", "--num-epochs", "1",
                             "--batch-size", "8", "--resume-state", "auto"))
+    for other in (("--truncation", "middle"), ("--max-length", "64")):
+        with pytest.raises(PARSError, match=f"different run .{other[0][2:].replace('-', '_')}"):
+            train.main(args_for(tiny_model_dir, tiny_data, out, "--max-steps", "4", "--num-epochs", "1",
+                                *other, "--resume-state", "auto"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(PARSError, match="corrupt"):
         train.main(args_for(tiny_model_dir, tiny_data, out, "--resume-state", str(tmp_path / "junk.pt")))
     torch.save({"format": 1, "x": object()}, tmp_path / "evil.pt")
     with pytest.raises(PARSError):
         load_state(tmp_path / "evil.pt")
+
+
+def test_signature_keys_missing_from_an_older_state_are_not_checked():
+    older = {"batch_size": 16}  # written before max_length and truncation were recorded
+    check_signature(older, {"batch_size": 16, "max_length": 256, "truncation": "middle"}, "old.pt")
+    with pytest.raises(PARSError, match="batch_size"):
+        check_signature(older, {"batch_size": 8, "max_length": 128}, "old.pt")
