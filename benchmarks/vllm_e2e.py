@@ -753,13 +753,10 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     paths = args.ranker_path or []
     # One ranker: policies pars@W as ever. Several: pars[<its directory>]@W, one predictor service each.
     labels = short_names(paths) if len(paths) > 1 else [None] * len(paths)
-    lengths = ranker_max_lengths(args.ranker_max_length, len(paths))
-    for path, label, max_length in zip(paths, labels, lengths, strict=True):
+    for path, label, settings in zip(paths, labels, ranker_settings(args), strict=True):
         ranker = {"PREDICTOR_MODEL_PATH": str(Path(path).resolve()),
                   "PREDICTOR_MODEL_NAME": args.ranker_name, "PREDICTOR_DEVICE": "cpu",
-                  "PREDICTOR_BACKEND": args.predictor_backend}
-        if max_length is not None:
-            ranker["PREDICTOR_MAX_LENGTH"] = str(max_length)
+                  "PREDICTOR_BACKEND": args.predictor_backend, **settings}
         if args.predictor_threads:
             ranker["PREDICTOR_NUM_THREADS"] = str(args.predictor_threads)
         if args.onnx_cache_dir:
@@ -931,6 +928,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--ranker-max-length", type=int, nargs="+", metavar="TOKENS", help="PREDICTOR_MAX_LENGTH: one "
                    "for every ranker or one per --ranker-path, in order (default: the service's own, 128); a "
                    "ranker trained with --max-length 256 should be served at 256")
+    g.add_argument("--ranker-truncation", nargs="+", choices=["head", "middle"], help="PREDICTOR_TRUNCATION: one "
+                   "for every ranker or one per --ranker-path, as each was trained (default: the service's, head)")
+    g.add_argument("--ranker-pooling", nargs="+", choices=["pooler", "mean"], help="PREDICTOR_POOLING: one for "
+                   "every ranker or one per --ranker-path, as each was trained (default: the service's, pooler)")
     g.add_argument("--predictor-backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                    help="PREDICTOR_BACKEND of the ranker: onnx-int8 takes ~1/2 the CPU of torch, left to vLLM")
     g.add_argument("--predictor-threads", type=int, default=None,
@@ -1161,18 +1162,31 @@ def write_outputs(report: dict, out: Path) -> str:
     return text
 
 
-def ranker_max_lengths(given: Sequence[int] | None, rankers: int) -> list[int | None]:
-    """--ranker-max-length spread over the rankers: none (the service's default), one for all, or one each."""
+def per_ranker(given: Sequence | None, rankers: int, flag: str) -> list:
+    """A --ranker-* setting spread over the rankers: none (the service's default), one for all, or one each."""
     if not given:
         return [None] * rankers
-    if min(given) < 1:
-        raise ValueError("--ranker-max-length must be at least 1")
     if len(given) == 1:
         return [given[0]] * rankers
     if len(given) != rankers:
-        raise ValueError(f"--ranker-max-length takes one value or one per --ranker-path ({rankers}), "
-                         f"not {len(given)}")
+        raise ValueError(f"{flag} takes one value or one per --ranker-path ({rankers}), not {len(given)}")
     return list(given)
+
+
+def ranker_max_lengths(given: Sequence[int] | None, rankers: int) -> list[int | None]:
+    if given and min(given) < 1:
+        raise ValueError("--ranker-max-length must be at least 1")
+    return per_ranker(given, rankers, "--ranker-max-length")
+
+
+def ranker_settings(args: argparse.Namespace) -> list[dict[str, str]]:
+    """Each ranker's PREDICTOR_* settings from the --ranker-* flags that have one value per ranker: how long
+    a prompt it reads, how it cuts a longer one and how it pools, each as it was trained."""
+    n = len(args.ranker_path or [])
+    columns = {"PREDICTOR_MAX_LENGTH": ranker_max_lengths(args.ranker_max_length, n),
+               "PREDICTOR_TRUNCATION": per_ranker(args.ranker_truncation, n, "--ranker-truncation"),
+               "PREDICTOR_POOLING": per_ranker(args.ranker_pooling, n, "--ranker-pooling")}
+    return [{k: str(v[i]) for k, v in columns.items() if v[i] is not None} for i in range(n)]
 
 
 def cpu_list(spec: str) -> set[int]:
@@ -1194,7 +1208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
     try:
-        ranker_max_lengths(args.ranker_max_length, len(args.ranker_path or []))
+        ranker_settings(args)
         for flag, spec in (("--engine-cpus", args.engine_cpus), ("--side-cpus", args.side_cpus)):
             if spec is not None:
                 try:

@@ -47,14 +47,17 @@ def _file_digest(path: Path, digest) -> None:
             digest.update(block)
 
 
-def cache_key(model_name: str, checkpoint: str | os.PathLike[str] | None, backend: str) -> str:
-    """Changes whenever the weights, the encoder, the backend or the converting libraries do."""
+def cache_key(model_name: str, checkpoint: str | os.PathLike[str] | None, backend: str,
+              pooling: str = "pooler") -> str:
+    """Changes whenever the weights, the encoder, the pooling, the backend or the converting libraries do."""
     import onnxruntime
     import transformers
 
     digest = hashlib.sha256()
+    # the default pooling is left out of the key, so graphs cached before pooling existed stay valid
+    extra = [] if pooling == "pooler" else [pooling]
     digest.update(json.dumps([model_name, backend, OPSET, onnxruntime.__version__, transformers.__version__,
-                              torch.__version__.split("+")[0]]).encode())
+                              torch.__version__.split("+")[0], *extra]).encode())
     if checkpoint is not None:
         path = Path(checkpoint)
         for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
@@ -149,7 +152,8 @@ class OnnxRanker:
 
 def load_onnx_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None, backend: str,
                      cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
-                     spin: bool = False, log: Callable[[str], None] = print) -> OnnxRanker:
+                     spin: bool = False, log: Callable[[str], None] = print,
+                     pooling: str = "pooler") -> OnnxRanker:
     """The ranker for an ONNX backend, exported on first use and cached by content."""
     if backend not in ONNX_BACKENDS:
         raise PARSError(f"backend {backend!r} is not an ONNX backend ({', '.join(ONNX_BACKENDS)})")
@@ -158,12 +162,12 @@ def load_onnx_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None,
     except ImportError:
         raise PARSError(f"backend {backend!r} needs onnxruntime and onnx (pip install onnxruntime onnx)") from None
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    target = root / cache_key(model_name, checkpoint, backend)
+    target = root / cache_key(model_name, checkpoint, backend, pooling)
     graph = target / GRAPH_FILE
     if not graph.is_file():
         log(f"Exporting the ranker to ONNX ({backend}) in {target} (once per checkpoint)")
         try:
-            export_onnx(load_ranker(model_name, checkpoint), target, backend)
+            export_onnx(load_ranker(model_name, checkpoint, pooling), target, backend)
         except OSError as exc:
             raise PARSError(f"cannot write the ONNX cache {target}: {exc.strerror or exc}") from None
     return OnnxRanker(graph, threads=threads, spin=spin)
@@ -171,10 +175,12 @@ def load_onnx_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None,
 
 def load_inference_model(model_name: str, checkpoint: str | os.PathLike[str] | None, backend: str = "torch",
                          cache_dir: str | os.PathLike[str] | None = None, threads: int | None = None,
-                         spin: bool = False, log: Callable[[str], None] = print) -> PairwiseRanker | OnnxRanker:
+                         spin: bool = False, log: Callable[[str], None] = print,
+                         pooling: str = "pooler") -> PairwiseRanker | OnnxRanker:
     """What PromptScorer runs for `backend`: the torch ranker, or its ONNX Runtime export."""
     if backend == "torch":
-        return load_ranker(model_name, checkpoint)
+        return load_ranker(model_name, checkpoint, pooling)
     if backend not in BACKENDS:
         raise PARSError(f"unknown backend {backend!r} (use {', '.join(BACKENDS)})")
-    return load_onnx_ranker(model_name, checkpoint, backend, cache_dir, threads=threads, spin=spin, log=log)
+    return load_onnx_ranker(model_name, checkpoint, backend, cache_dir, threads=threads, spin=spin, log=log,
+                            pooling=pooling)

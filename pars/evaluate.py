@@ -23,7 +23,7 @@ from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import write_json_files_atomic
 from pars.metrics import kendall_tau, kendall_tau_difference, pairwise_accuracy, spearman_rho
-from pars.model import load_ranker, load_tokenizer
+from pars.model import POOLINGS, load_ranker, load_tokenizer
 from pars.pairdata import load_pairs, load_rows, subsample
 from pars.pairs import pair_file_name
 from pars.scoring import PromptScorer, resolve_device
@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", nargs="+", default=["head"], choices=TRUNCATIONS, metavar="{head,middle}",
                    help="How a longer prompt is cut, one for all checkpoints or one per --checkpoint: as each "
                         "was trained (train_pairwise_bert.py --truncation).")
+    p.add_argument("--pooling", nargs="+", default=["pooler"], choices=POOLINGS, metavar="{pooler,mean}",
+                   help="What each ranker's fc reads, one for all checkpoints or one per --checkpoint: as each "
+                        "was trained (train_pairwise_bert.py --pooling).")
     p.add_argument("--batch-size", type=int, default=64, help="Prompts per forward pass.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
     p.add_argument("--max-rows", type=int, default=None,
@@ -119,13 +122,15 @@ def short_names(paths: Sequence[str | Path]) -> list[str]:
     return names
 
 
-def checkpoint_names(paths: Sequence[str | Path], truncations: Sequence[str]) -> list[str]:
-    """short_names, with `+middle` after a checkpoint scored under middle truncation: one checkpoint can be
-    given twice, once per truncation."""
+def checkpoint_names(paths: Sequence[str | Path], truncations: Sequence[str],
+                     poolings: Sequence[str] | None = None) -> list[str]:
+    """short_names, with `+middle` after a checkpoint scored under middle truncation and `+mean` under mean
+    pooling: one checkpoint can be given twice, once per setting."""
+    poolings = poolings if poolings is not None else ["pooler"] * len(paths)
     distinct = list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
     base = dict(zip(distinct, short_names(distinct), strict=True))
-    names = [base[str(Path(p).resolve())] + ("" if t == "head" else f"+{t}")
-             for p, t in zip(paths, truncations, strict=True)]
+    names = [base[str(Path(p).resolve())] + ("" if t == "head" else f"+{t}") + ("" if pl == "pooler" else f"+{pl}")
+             for p, t, pl in zip(paths, truncations, poolings, strict=True)]
     if len(set(names)) < len(names):
         names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
     return names
@@ -397,11 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     check_args(args)
     model_names = per_item(args.model_name, len(args.checkpoint), "--model-name", "--checkpoint")
     truncations = per_item(args.truncation, len(args.checkpoint), "--truncation", "--checkpoint")
+    poolings = per_item(args.pooling, len(args.checkpoint), "--pooling", "--checkpoint")
     device = resolve_device(args.device)
     started = time.perf_counter()
     notes: list[str] = []
     datasets = load_datasets(args, notes)
-    ckpt_names = checkpoint_names(args.checkpoint, truncations)
+    ckpt_names = checkpoint_names(args.checkpoint, truncations, poolings)
     for note in notes:
         print(f"note: {note}")
 
@@ -417,10 +423,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_seconds = {}
     first_by_dataset: dict[str, dict[str, float]] = {}  # the first checkpoint's scores: the others against it
-    for ckpt, ckpt_name, model_name, truncation in zip(args.checkpoint, ckpt_names, model_names, truncations,
-                                                       strict=True):
+    for ckpt, ckpt_name, model_name, truncation, pooling in zip(args.checkpoint, ckpt_names, model_names,
+                                                                truncations, poolings, strict=True):
         start = time.perf_counter()
-        scorer = PromptScorer(load_ranker(model_name, ckpt), load_tokenizer(model_name),
+        scorer = PromptScorer(load_ranker(model_name, ckpt, pooling), load_tokenizer(model_name),
                               max_length=args.max_length, device=device, truncation=truncation)
         load_seconds[ckpt_name] = round(time.perf_counter() - start, 3)
         for ds in datasets:
@@ -451,9 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"{ckpt_names[0]} on {datasets[0].name} (tau={fmt(tau, 3)})", datasets[0])
     report = {
         "inputs": {
-            "checkpoints": [{"name": n, "path": str(c), "model_name": m, "truncation": t}
-                            for n, c, m, t in zip(ckpt_names, args.checkpoint, model_names, truncations,
-                                                  strict=True)],
+            "checkpoints": [{"name": n, "path": str(c), "model_name": m, "truncation": t, "pooling": pl}
+                            for n, c, m, t, pl in zip(ckpt_names, args.checkpoint, model_names, truncations,
+                                                      poolings, strict=True)],
             "datasets": [ds.describe() for ds in datasets],
             "threshold": args.threshold, "max_length": args.max_length, "batch_size": args.batch_size,
             "device": str(device), "max_rows": args.max_rows,

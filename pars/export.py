@@ -20,6 +20,10 @@ from pars.model import PairwiseRanker, load_ranker, load_tokenizer
 
 def to_sequence_classification(ranker: PairwiseRanker):
     """The ranker as `AutoModelForSequenceClassification` with one output (logit = score)."""
+    if ranker.pooling != "pooler":
+        raise PARSError(f"a ranker pooled by {ranker.pooling!r} has no standard sequence-classification form "
+                        "(its head reads the pooler output); serve the checkpoint itself "
+                        f"(PREDICTOR_POOLING={ranker.pooling})")
     config = ranker.encoder.config.__class__.from_dict(ranker.encoder.config.to_dict())
     config.num_labels = 1
     config.problem_type = "regression"

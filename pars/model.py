@@ -24,21 +24,41 @@ from pars.hub import load_pretrained
 _OPTIONAL_BUFFER_SUFFIXES = ("embeddings.position_ids",)
 
 
-class PairwiseRanker(nn.Module):
-    """score(prompt) = fc(pooler_output), or fc(CLS hidden state) when there is no pooler."""
+# How the encoder's output becomes one vector per prompt. `pooler`: the original release's pooler output
+# (the CLS hidden state when the encoder has no pooler). `mean`: the mean of the hidden states of the real
+# (unpadded) tokens, which is what sentence-transformers encoders such as all-MiniLM-L6-v2 were trained
+# to pool; their pooler layer was left untouched by that training. Pooling has no weights of its own, so
+# checkpoint keys are the same either way; a ranker must be scored with the pooling it was trained with.
+POOLINGS = ("pooler", "mean")
 
-    def __init__(self, encoder: PreTrainedModel) -> None:
+
+def check_pooling(pooling: str) -> str:
+    if pooling not in POOLINGS:
+        raise PARSError(f"unknown pooling {pooling!r} (use {' or '.join(POOLINGS)})")
+    return pooling
+
+
+class PairwiseRanker(nn.Module):
+    """score(prompt) = fc(pooled encoder output): the pooler output (CLS hidden state when there is no
+    pooler) by default, or the masked mean of the token states with pooling="mean"."""
+
+    def __init__(self, encoder: PreTrainedModel, pooling: str = "pooler") -> None:
         super().__init__()
         self.encoder = encoder
         self.fc = nn.Linear(encoder.config.hidden_size, 1)
+        self.pooling = check_pooling(pooling)
 
     @classmethod
-    def from_pretrained(cls, model_name: str) -> PairwiseRanker:
+    def from_pretrained(cls, model_name: str, pooling: str = "pooler") -> PairwiseRanker:
         """Encoder weights from a hub id, a local directory or the offline alias; fc fresh."""
-        return cls(load_pretrained(AutoModel, model_name, what="encoder"))
+        return cls(load_pretrained(AutoModel, model_name, what="encoder"), pooling)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
+        if self.pooling == "mean":
+            hidden = outputs.last_hidden_state
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         pooled = getattr(outputs, "pooler_output", None)
         if pooled is not None:
             return pooled
@@ -150,17 +170,22 @@ def load_exported(path: str | os.PathLike[str]) -> PairwiseRanker:
     return ranker
 
 
-def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = None) -> PairwiseRanker:
+def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = None,
+                pooling: str = "pooler") -> PairwiseRanker:
     """The encoder of `model_name`, with a checkpoint's weights on top when one is given.
 
     `checkpoint` may also be an exported Hugging Face directory (pars.export), which holds the encoder
-    itself; so may `model_name` when no checkpoint is given."""
-    if checkpoint is not None and Path(checkpoint).is_dir():
-        return load_exported(checkpoint)
-    if checkpoint is None and is_exported_dir(model_name):
-        return load_exported(model_name)
+    itself; so may `model_name` when no checkpoint is given. Exports are always pooler-pooled."""
+    check_pooling(pooling)
+    exported = checkpoint if checkpoint is not None and Path(checkpoint).is_dir() else (
+        model_name if checkpoint is None and is_exported_dir(model_name) else None)
+    if exported is not None:
+        if pooling != "pooler":
+            raise PARSError(f"{exported} is an exported sequence-classification model, which pools with the "
+                            f"pooler; pooling {pooling!r} applies to state_dict checkpoints only")
+        return load_exported(exported)
     state = read_state_dict(checkpoint) if checkpoint is not None else None  # fail fast on a bad file
-    model = PairwiseRanker.from_pretrained(model_name)
+    model = PairwiseRanker.from_pretrained(model_name, pooling)
     if state is not None:
         load_state_dict_into(model, state, str(checkpoint))
     return model

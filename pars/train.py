@@ -35,7 +35,7 @@ from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import read_json, write_json_atomic
 from pars.metrics import kendall_tau, pairwise_accuracy
-from pars.model import PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
+from pars.model import POOLINGS, PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
 from pars.pairdata import (
     FastPairCollator,
     FastRowCollator,
@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="How a prompt over --max-length is cut: head keeps its first tokens (the original "
                         "release); middle keeps its first and last halves, so an instruction after long "
                         "material is seen. Serve the ranker with the same (PREDICTOR_TRUNCATION).")
+    p.add_argument("--pooling", choices=POOLINGS, default="pooler",
+                   help="What fc reads: pooler is the encoder's pooler output (CLS when it has none; the "
+                        "original release); mean is the mean of the prompt's token states, which "
+                        "sentence-transformers encoders were trained to pool. Serve the ranker with the "
+                        "same (PREDICTOR_POOLING).")
     p.add_argument("--batch-size", type=int, default=128,
                    help="Pairs per optimizer step (rows with --pairing in-batch), over all ranks together.")
     p.add_argument("--num-epochs", type=int, default=3, help="Passes over the train pairs.")
@@ -334,7 +339,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                           generator=loader_rng)
 
     # ---- model ----
-    model = PairwiseRanker.from_pretrained(args.model_name)
+    model = PairwiseRanker.from_pretrained(args.model_name, args.pooling)
     if args.resume_from:
         load_state_dict_into(model, read_state_dict(args.resume_from), args.resume_from)
     state = None
@@ -377,7 +382,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                  "total_steps": total_steps,
                  "world_size": info.world_size,
                  # the same weights see other tokens under another cut
-                 "max_length": args.max_length, "truncation": args.truncation}
+                 "max_length": args.max_length, "truncation": args.truncation, "pooling": args.pooling}
     best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf}
     history: list[dict[str, Any]] = []
     # position: epoch, batches of it consumed, optimizer steps in all and at its start; running sums
@@ -512,6 +517,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             "margin": args.margin,
             "max_length": args.max_length,
             "truncation": args.truncation,
+            "pooling": args.pooling,
             "best_val_accuracy": best["val_accuracy"],
             "history": history,
             "select_by": args.select_by,

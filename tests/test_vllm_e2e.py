@@ -432,15 +432,21 @@ def test_ranker_max_length_reaches_each_predictor_service(monkeypatch):
     assert launch() == {"predictor-a": None, "predictor-b": None}
     assert launch("--ranker-max-length", "256") == {"predictor-a": "256", "predictor-b": "256"}
     assert launch("--ranker-max-length", "128", "256") == {"predictor-a": "128", "predictor-b": "256"}
+    launch("--ranker-pooling", "pooler", "mean", "--ranker-truncation", "middle")
+    assert [started[n].get("PREDICTOR_POOLING") for n in ("predictor-a", "predictor-b")] == ["pooler", "mean"]
+    assert [started[n].get("PREDICTOR_TRUNCATION") for n in ("predictor-a", "predictor-b")] == ["middle", "middle"]
+    launch()
+    assert "PREDICTOR_POOLING" not in started["predictor-a"] and "PREDICTOR_TRUNCATION" not in started["predictor-a"]
 
 
-@pytest.mark.parametrize("lengths", [["0"], ["128", "256", "512"]])
-def test_bad_ranker_max_length_is_a_one_line_error(lengths, capsys):
+@pytest.mark.parametrize("flag,values", [("--ranker-max-length", ["0"]),
+                                         ("--ranker-max-length", ["128", "256", "512"]),
+                                         ("--ranker-pooling", ["mean", "mean", "pooler"])])
+def test_bad_ranker_setting_is_a_one_line_error(flag, values, capsys):
     with pytest.raises(SystemExit) as exc:
-        e2e.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", "a.pt", "b.pt",
-                  "--ranker-max-length", *lengths])
+        e2e.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", "a.pt", "b.pt", flag, *values])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "--ranker-max-length" in err
+    assert exc.value.code == 2 and flag in err
 
 
 def test_side_cpus_pin_predictor_and_gateways_not_vllm(monkeypatch):

@@ -70,7 +70,7 @@ def load_scorer(settings: Settings) -> PromptScorer:
                             f"use PREDICTOR_BACKEND=torch for {device} / {settings.dtype}")
     model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
                                  settings.onnx_cache_dir, threads=settings.threads_per_worker(),
-                                 spin=settings.onnx_spin, log=log.warning)
+                                 spin=settings.onnx_spin, log=log.warning, pooling=settings.pooling)
     scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device,
                           truncation=settings.truncation)
     scorer.set_dtype(dtype)

@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     max_length: int = Field(default=128, ge=1, le=4096)
     # How a longer prompt is cut (pars/truncation.py): as the ranker was trained (train --truncation).
     truncation: Literal["head", "middle"] = "head"
+    # How the encoder's tokens become one vector (pars/model.py): as the ranker was trained (train --pooling).
+    pooling: Literal["pooler", "mean"] = "pooler"
     device: str | None = None  # None: cuda when available, else cpu
 
     # Inference. backend: torch, or the CPU fast path through ONNX Runtime (pars/backends.py):
