@@ -301,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--versus", nargs="+", type=Path, default=[], metavar="REPORT",
                    help="a second set of experiments (e.g. the same traces run under other settings): per policy, "
                         "the recovery on the traces both sets replayed, this set minus that one, paired by trace")
+    p.add_argument("--difference", nargs=2, action="append", default=[], metavar=("A", "B"),
+                   help="two policies of the same experiments (e.g. two rankers run interleaved): B's recovery "
+                        "minus A's, paired by trace, with a t interval over traces (repeatable)")
     p.add_argument("--model", type=Path, default=None, metavar="SCHED_SIM_JSON",
                    help="a sched_sim.py JSON (e.g. benchmarks/results/sched_sim_noise.json): its recovery against its "
                         "rankers' tau, drawn beside the experiments' in the *_vs_tau.png")
@@ -340,12 +343,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     traces = {k: by_trace(v) for k, v in trace_rows.items()}
     versus = ({k: paired_by_trace(v, versus_rows.get(k, {})) for k, v in trace_rows.items()}
               if args.versus else None)
+    differences = {}
+    for a, b in args.difference:
+        missing = [k for k in (a, b) if k not in trace_rows]
+        if missing:
+            p.error(f"--difference: no experiment has policy {missing[0]!r} (it has {', '.join(trace_rows)})")
+        differences[f"{b} - {a}"] = paired_by_trace(trace_rows[b], trace_rows[a])
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
               "load_factor": args.load_factor, "baseline": args.baseline, "ceiling": args.ceiling,
               "speed_adjusted": args.speed_adjusted, "same": aliases,
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "experiments": experiments, "pooled": pooled, "by_trace": traces,
               "versus": {"files": [str(x) for x in args.versus], "by_policy": versus} if versus else None,
+              "differences": differences or None,
               "model_curve": {"source": str(args.model), "points": curve} if curve else None}
 
     def fmt(s: dict) -> str:
@@ -377,6 +387,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{k}, paired by trace over the {v['traces']} traces both sets replayed: this set {v['mean_this']:.2f}, "
               f"--versus set {v['mean_versus']:.2f}, difference {v['mean_difference']:+.2f} "
               + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "(one trace: no interval)"))
+    for name, v in differences.items():
+        ci = v["t_ci"]
+        print(f"{name}, paired by trace over {v['traces']} traces: {v['mean_this']:.2f} against "
+              f"{v['mean_versus']:.2f}, difference {v['mean_difference']:+.2f} "
+              + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "(one trace)"))
     print("\nKendall's tau of the priorities sent against the served lengths (median over runs), and the capacity "
           "measured before each experiment:\n| experiment | tokens/s | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))

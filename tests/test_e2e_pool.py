@@ -214,3 +214,29 @@ def test_versus_pairs_traces_both_sets_replayed(tmp_path, capsys):
     assert paired["t_ci"][0] < 0.25 < paired["t_ci"][1]
     assert result["by_trace"]["pars@1000"]["traces"] == 3
     assert "difference +0.25" in capsys.readouterr().out
+
+
+def test_difference_pairs_two_policies_of_the_same_runs_by_trace(tmp_path, capsys):
+    """Two rankers run interleaved on traces s0 (x 0.6, y 0.8 over two repeats: 0.7 and 0.9, means 0.65 and
+    0.85) and s1 (x 0.5, y 0.4): y - x is +0.2 on s0 and -0.1 on s1, mean +0.05."""
+    def write(name: str, seed: int, x: list[float], y: list[float]) -> str:
+        r = report(3.0, 2.0, {"fcfs": [20.0] * len(x), "oracle": [10.0] * len(x),
+                              "pars[x]@1000": [20.0 - 10.0 * v for v in x],
+                              "pars[y]@1000": [20.0 - 10.0 * v for v in y]})
+        r["trace"] = {"seed": seed}
+        for run in r["runs"]:
+            run["trace_sha"] = f"sha{seed}"
+        (tmp_path / name).write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    paths = [write("s0.json", 0, [0.6, 0.7], [0.8, 0.9]), write("s1.json", 1, [0.5], [0.4])]
+    out = tmp_path / "pool.json"
+    assert pool.main([*paths, "--load-factor", "2", "--difference", "pars[x]@1000", "pars[y]@1000",
+                      "--out", str(out)]) == 0
+    diff = json.loads(out.read_text())["differences"]["pars[y]@1000 - pars[x]@1000"]
+    assert {r["trace"]: r["difference"] for r in diff["per_trace"]} == {
+        "seed 0 (sha0)": pytest.approx(0.2), "seed 1 (sha1)": pytest.approx(-0.1)}
+    assert diff["mean_difference"] == pytest.approx(0.05) and diff["mean_versus"] == pytest.approx(0.575)
+    assert "difference +0.05" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        pool.main([*paths, "--load-factor", "2", "--difference", "pars[x]@1000", "pars[z]@1000"])
