@@ -27,6 +27,7 @@ from pars.model import POOLINGS, load_ranker, load_tokenizer
 from pars.pairdata import load_pairs, load_rows, subsample
 from pars.pairs import pair_file_name
 from pars.scoring import PromptScorer, resolve_device
+from pars.trained_settings import mismatches
 from pars.truncation import TRUNCATIONS
 
 DEFAULT_OUTPUT = "evaluation.json"
@@ -425,6 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     first_by_dataset: dict[str, dict[str, float]] = {}  # the first checkpoint's scores: the others against it
     for ckpt, ckpt_name, model_name, truncation, pooling in zip(args.checkpoint, ckpt_names, model_names,
                                                                 truncations, poolings, strict=True):
+        for key, trained, given in mismatches(ckpt, max_length=args.max_length, truncation=truncation,
+                                              pooling=pooling):
+            print(f"warning: {ckpt} was trained with --{key.replace('_', '-')} {trained} (metrics.json beside it), "
+                  f"scored here with {given}")
         start = time.perf_counter()
         scorer = PromptScorer(load_ranker(model_name, ckpt, pooling), load_tokenizer(model_name),
                               max_length=args.max_length, device=device, truncation=truncation)

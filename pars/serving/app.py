@@ -49,6 +49,7 @@ from pars.serving.schemas import (
     ScoreResponse,
 )
 from pars.serving.settings import Settings
+from pars.trained_settings import mismatches
 
 log = logging.getLogger("pars.serving")
 
@@ -71,6 +72,10 @@ def load_scorer(settings: Settings) -> PromptScorer:
     model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
                                  settings.onnx_cache_dir, threads=settings.threads_per_worker(),
                                  spin=settings.onnx_spin, log=log.warning, pooling=settings.pooling)
+    for key, trained, given in mismatches(settings.model_path, max_length=settings.max_length,
+                                          truncation=settings.truncation, pooling=settings.pooling):
+        log.warning("%s was trained with %s=%s (metrics.json beside it) but is served with PREDICTOR_%s=%s: "
+                    "its scores are worse than they should be", settings.model_path, key, trained, key.upper(), given)
     scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device,
                           truncation=settings.truncation)
     scorer.set_dtype(dtype)
