@@ -86,11 +86,13 @@ def speed_factor(sent: np.ndarray, delay: np.ndarray, max_tokens: Sequence[int],
 
 def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = False,
            context_ms_per_token: float = 0.0, step_factor: float = 1.0, prompt_length_weight: float = 0.0,
-           speed: str = "capacity") -> dict:
+           speed: str = "capacity", factor_cache: dict | None = None) -> dict:
     """`speed`: the model's step time for each run. capacity: the experiment's measured capacity (times
     `step_factor`) for every run; per-run: each run's own, the one at which the model's last answer comes when
     the real one did; equal: every policy of a repeat at the mean of that repeat's fcfs and oracle runs' own
-    speeds, as if the scored runs had not run slower."""
+    speeds, as if the scored runs had not run slower. per-run and equal need the same per-run factors (a
+    bisection of 40 simulations each): a `factor_cache` dict shared between calls on one report computes
+    them once."""
     if speed not in SPEEDS:
         raise ValueError(f"speed must be one of {SPEEDS}, not {speed!r}")
     trace = report["trace"]
@@ -122,9 +124,21 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
             cell.setdefault("rho_prompt", []).append(float(spearmanr(prio, prompt_tokens).statistic))
         if prompt_length_weight and run["policy"].startswith("pars"):
             prio = with_prompt_length(prio, prompt_tokens, prompt_length_weight)
-        own = {pf: (1.0 if speed == "capacity" else
-                    speed_factor(sent, delay, max_tokens, prompt_tokens, prio, slots, base, per_seq, pf,
-                                 context_ms_per_token, real_end)) for pf in prefill_values}
+        own = {}
+        for pf in prefill_values:
+            if speed == "capacity":
+                own[pf] = 1.0
+                continue
+            key = (run["rate"], run["policy"], run["repeat"], pf, score_delay, context_ms_per_token, step_factor,
+                   prompt_length_weight)
+            if factor_cache is None or key not in factor_cache:
+                factor = speed_factor(sent, delay, max_tokens, prompt_tokens, prio, slots, base, per_seq, pf,
+                                      context_ms_per_token, real_end)
+                if factor_cache is None:
+                    own[pf] = factor
+                    continue
+                factor_cache[key] = factor
+            own[pf] = factor_cache[key]
         todo.append((run, cell, sent, delay, prio, own))
     if speed == "equal":  # each repeat's direct runs set the speed of all its runs
         ref: dict[tuple[float, int], list[dict[float, float]]] = {}

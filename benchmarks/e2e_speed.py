@@ -61,7 +61,8 @@ def experiment(report: dict, prefill: float, aliases: dict[str, str]) -> dict[st
     """Per policy (renamed by `aliases`), at the top rate: the real recovery, the model's under each speed and
     the slowdown against the direct runs."""
     key = f"{prefill:g}"
-    by_speed = {speed: replay(report, [prefill], speed=speed)["rows"] for speed in SPEEDS}
+    factors: dict = {}  # per-run and equal share each run's speed factor
+    by_speed = {speed: replay(report, [prefill], speed=speed, factor_cache=factors)["rows"] for speed in SPEEDS}
     top = max(r["rate"] for r in by_speed["capacity"])
     per_run = {r["policy"]: r for r in by_speed["per-run"] if r["rate"] == top}
     direct = [per_run[p] for p in DIRECT if p in per_run]

@@ -64,3 +64,14 @@ def test_not_a_report_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         speed.main([str(tmp_path / "bad.json")])
     assert exc.value.code == 2 and "is not a vllm_e2e.py report" in capsys.readouterr().err
+
+
+def test_speed_factors_are_bisected_once_per_run(monkeypatch):
+    """per-run and equal share each run's factor: 3 runs bisected once each, with the same results."""
+    replay_mod = load_benchmark("e2e_replay")
+    want = speed.experiment(report("1", ORACLE_AT_2), 0.0, {})
+    calls = []
+    real = replay_mod.speed_factor
+    monkeypatch.setattr(replay_mod, "speed_factor", lambda *a: calls.append(1) or real(*a))
+    assert speed.experiment(report("1", ORACLE_AT_2), 0.0, {}) == want
+    assert len(calls) == 3
