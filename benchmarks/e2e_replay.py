@@ -131,14 +131,13 @@ def replay(report: dict, prefill_values: Sequence[float], score_delay: bool = Fa
                 continue
             key = (run["rate"], run["policy"], run["repeat"], pf, score_delay, context_ms_per_token, step_factor,
                    prompt_length_weight)
-            if factor_cache is None or key not in factor_cache:
-                factor = speed_factor(sent, delay, max_tokens, prompt_tokens, prio, slots, base, per_seq, pf,
-                                      context_ms_per_token, real_end)
-                if factor_cache is None:
-                    own[pf] = factor
-                    continue
-                factor_cache[key] = factor
-            own[pf] = factor_cache[key]
+            if factor_cache is not None and key in factor_cache:
+                own[pf] = factor_cache[key]
+                continue
+            own[pf] = speed_factor(sent, delay, max_tokens, prompt_tokens, prio, slots, base, per_seq, pf,
+                                   context_ms_per_token, real_end)
+            if factor_cache is not None:
+                factor_cache[key] = own[pf]
         todo.append((run, cell, sent, delay, prio, own))
     if speed == "equal":  # each repeat's direct runs set the speed of all its runs
         ref: dict[tuple[float, int], list[dict[float, float]]] = {}
