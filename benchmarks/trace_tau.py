@@ -99,8 +99,8 @@ def plot(result: dict, out_png: Path) -> Path:
     xs = [t[first] for t in per.values()]
     for j, name in enumerate(names[1:], start=1):
         ax.scatter(xs, [t[name] for t in per.values()], s=18, color=f"C{j}", label=name)
-    lo, hi = min(xs + [v for t in per.values() for v in t.values()]), max(xs + [v for t in per.values()
-                                                                             for v in t.values()])
+    values = [v for t in per.values() for v in t.values()]
+    lo, hi = min(values), max(values)
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="equal")
     ax.set_xlabel(f"Kendall's tau on the trace: {first}")
     ax.set_ylabel("Kendall's tau on the trace: other ranker")

@@ -123,11 +123,9 @@ def short_names(paths: Sequence[str | Path]) -> list[str]:
     return names
 
 
-def checkpoint_names(paths: Sequence[str | Path], truncations: Sequence[str],
-                     poolings: Sequence[str] | None = None) -> list[str]:
+def checkpoint_names(paths: Sequence[str | Path], truncations: Sequence[str], poolings: Sequence[str]) -> list[str]:
     """short_names, with `+middle` after a checkpoint scored under middle truncation and `+mean` under mean
     pooling: one checkpoint can be given twice, once per setting."""
-    poolings = poolings if poolings is not None else ["pooler"] * len(paths)
     distinct = list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
     base = dict(zip(distinct, short_names(distinct), strict=True))
     names = [base[str(Path(p).resolve())] + ("" if t == "head" else f"+{t}") + ("" if pl == "pooler" else f"+{pl}")
