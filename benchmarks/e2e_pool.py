@@ -84,19 +84,27 @@ def duration_correlation(report: dict, rate: float) -> dict[str, float | None]:
 def priority_tau(report: dict, rate: float) -> dict[str, dict]:
     """Per policy that sent its own priorities, Kendall's tau-b between each run's priorities and the served
     lengths (max_tokens), median and range over runs: how good the order was, apart from how it played out.
-    The same trace with different rankers, or one ranker on different days, compare on this."""
+    The same trace with different rankers, or one ranker on different days, compare on this. `weighted` is
+    the median run's length-weighted tau (pars.metrics.length_weighted_tau: a pair counts by its difference
+    in served tokens, what misordering it costs)."""
     from scipy.stats import kendalltau
 
+    from pars.metrics import length_weighted_tau
+
     served = (report.get("trace") or {}).get("max_tokens")
-    out: dict[str, list[float]] = {}
+    out: dict[str, list[tuple[float, float]]] = {}
     for run in report["runs"]:
         requests = run.get("requests") or []
         if abs(run["rate"] - rate) > 1e-9 or not served or run["policy"] in ("fcfs", "fcfs-gw") or not requests:
             continue
         sent = [(q["priority"], served[q["i"]]) for q in requests if q.get("priority") is not None]
         if len(sent) > 2:
-            out.setdefault(run["policy"], []).append(float(kendalltau(*zip(*sent, strict=True))[0]))
-    return {p: {"median": float(np.median(v)), "min": min(v), "max": max(v), "runs": len(v)} for p, v in out.items()}
+            prio, lengths = zip(*sent, strict=True)
+            out.setdefault(run["policy"], []).append((float(kendalltau(prio, lengths)[0]),
+                                                      length_weighted_tau(prio, lengths)))
+    return {p: {"median": float(np.median([t for t, _ in v])), "min": min(t for t, _ in v),
+                "max": max(t for t, _ in v), "runs": len(v), "weighted": float(np.median([w for _, w in v]))}
+            for p, v in out.items()}
 
 
 def summarize(rows: Sequence[tuple[int, float, float, float]]) -> dict:

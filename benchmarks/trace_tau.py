@@ -6,6 +6,8 @@ better cannot be told apart live in a session. What the live recovery follows is
 (`e2e_pool.py`'s `priority_tau`), and that can be computed without vLLM: score each trace's prompts with each
 ranker (torch, fp32) and take Kendall's tau-b against the lengths served (`max_tokens`, capped as in the
 experiment). Differences against the first ranker are paired by trace, with a t interval over traces.
+The same again for the length-weighted tau (pars.metrics.length_weighted_tau: a pair counts by its
+difference in served tokens), which follows the live recovery more closely on run M's traces.
 
     .venv/bin/python benchmarks/trace_tau.py benchmarks/results/vllm_e2e_runM_seed*.json \\
         --data /tmp/sg/val_data.json --ranker-path runs/sg_inbatch_bf16/best_model.pt \\
@@ -75,13 +77,16 @@ def compare(taus: dict[str, dict[str, float]], names: Sequence[str]) -> dict:
     return out
 
 
-def recovery_fit(pool: dict) -> dict:
-    """Least-squares line of each experiment's real recovery on the tau of the order it sent, over an
-    `e2e_pool.py` JSON's experiments (every PARS policy): what a mean trace tau is worth live, on that VM."""
-    points = [(e["priority_tau"][name]["median"], rec["mean"]) for e in pool["experiments"]
-              for name, rec in e["recovered"].items() if name in e["priority_tau"] and rec["mean"] is not None]
+def recovery_fit(pool: dict, key: str = "median") -> dict:
+    """Least-squares line of each experiment's real recovery on the tau of the order it sent (`key` "median";
+    "weighted": its length-weighted tau), over an `e2e_pool.py` JSON's experiments (every PARS policy): what
+    a mean trace tau is worth live, on that VM."""
+    points = [(e["priority_tau"][name][key], rec["mean"]) for e in pool["experiments"]
+              for name, rec in e["recovered"].items()
+              if key in e["priority_tau"].get(name, {}) and rec["mean"] is not None]
     if len(points) < 3:
-        raise ValueError("the pool JSON has fewer than 3 experiments with both a recovery and a priority tau")
+        raise ValueError(f"the pool JSON has fewer than 3 experiments with both a recovery and a priority tau "
+                         f"({key!r}; rerun e2e_pool.py on its reports for the length-weighted one)")
     tau, rec = np.array(points).T
     slope, intercept = np.polyfit(tau, rec, 1)
     return {"slope": float(slope), "intercept": float(intercept), "r": float(np.corrcoef(tau, rec)[0, 1]),
@@ -136,56 +141,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         traces = read_traces(args.reports)
         rows = json.loads(args.data.read_text(encoding="utf-8"))
         prompts = prompts_of(traces, rows)
-        fit = recovery_fit(json.loads(args.recovery_fit.read_text(encoding="utf-8"))) if args.recovery_fit else None
+        pool = json.loads(args.recovery_fit.read_text(encoding="utf-8")) if args.recovery_fit else None
+        fits = {"tau": recovery_fit(pool), "weighted": recovery_fit(pool, "weighted")} if pool else None
     except (OSError, ValueError, KeyError) as exc:
         p.error(str(exc))
 
     from scipy.stats import kendalltau
 
     from pars.evaluate import short_names
+    from pars.metrics import length_weighted_tau
     from pars.model import load_ranker, load_tokenizer
     from pars.scoring import PromptScorer
 
     names = short_names(args.ranker_path) if n > 1 else [Path(args.ranker_path[0]).parent.name]
     tokenizer = load_tokenizer(args.ranker_name)
     taus: dict[str, dict[str, float]] = {key: {} for key in traces}
+    weighted: dict[str, dict[str, float]] = {key: {} for key in traces}
     for path, name, max_length, cut, pooling in zip(args.ranker_path, names, lengths, cuts, poolings, strict=True):
         scorer = PromptScorer(load_ranker(args.ranker_name, path, pooling or "pooler"), tokenizer,
                               max_length=max_length or 128, device="cpu", truncation=cut or "head")
         for key, trace in traces.items():
             scores = scorer.score(prompts[key])
             taus[key][name] = float(kendalltau(scores, trace["max_tokens"]).statistic)
-    summary = compare(taus, names)
-    if fit is not None:
+            weighted[key][name] = length_weighted_tau(scores, trace["max_tokens"])  # served lengths: capped already
+    summaries = {"tau": compare(taus, names), "weighted": compare(weighted, names)}
+    for kind, fit in (fits or {}).items():
         fit["source"] = str(args.recovery_fit)
-        for row in summary.values():
+        for row in summaries[kind].values():
             row["recovery_expected"] = fit["intercept"] + fit["slope"] * row["mean"]
     result = {"what": "issue 6: each ranker's Kendall's tau-b on the vLLM experiments' traces (served lengths)",
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "rankers": names,
               "settings": [{"path": a, "max_length": m or 128, "truncation": c or "head", "pooling": pl or "pooler"}
                            for a, m, c, pl in zip(args.ranker_path, lengths, cuts, poolings, strict=True)],
-              "traces": {k: t["file"] for k, t in traces.items()}, "per_trace": taus, "summary": summary,
-              "recovery_fit": fit}
-
-    print("| trace | " + " | ".join(names) + " |")
-    print("|---|" + "---|" * len(names))
-    for key, row in taus.items():
-        print(f"| {key} | " + " | ".join(f"{row[name]:.3f}" for name in names) + " |")
+              "traces": {k: t["file"] for k, t in traces.items()}, "per_trace": taus, "summary": summaries["tau"],
+              "per_trace_weighted": weighted, "summary_weighted": summaries["weighted"],
+              "recovery_fit": (fits or {}).get("tau"), "recovery_fit_weighted": (fits or {}).get("weighted")}
 
     def ci(v: list[float] | None) -> str:
         return f"[{v[0]:+.3f}, {v[1]:+.3f}]" if v else "n/a"
 
-    print(f"| mean over {len(taus)} traces | " + " | ".join(f"{summary[k]['mean']:.3f}" for k in names) + " |")
-    for name in names[1:]:
-        d = summary[name]["minus_first"]
-        print(f"{name} - {names[0]}: {d['mean']:+.3f} {ci(d['t_ci'])} (t 95 % over traces), higher on "
-              f"{d['traces_higher']} of {d['traces']}")
-    if fit is not None:
-        print(f"recovery = {fit['intercept']:.3f} + {fit['slope']:.3f} x tau of the order sent (r = {fit['r']:.2f} "
-              f"over {fit['experiments']} experiments of {args.recovery_fit.name}; a fit, not a measurement): "
-              + ", ".join(f"{k} {summary[k]['recovery_expected']:.3f}" for k in names)
-              + f"; 0.6 needs a mean trace tau of {fit['tau_for_0.6']:.3f}")
+    for kind, label, per in (("tau", "tau", taus), ("weighted", "length-weighted tau", weighted)):
+        summary = summaries[kind]
+        print(f"\n{label} of each ranker's order against the served lengths")
+        print("| trace | " + " | ".join(names) + " |")
+        print("|---|" + "---|" * len(names))
+        for key, row in per.items():
+            print(f"| {key} | " + " | ".join(f"{row[name]:.3f}" for name in names) + " |")
+        print(f"| mean over {len(per)} traces | " + " | ".join(f"{summary[k]['mean']:.3f}" for k in names) + " |")
+        for name in names[1:]:
+            d = summary[name]["minus_first"]
+            print(f"{name} - {names[0]}: {d['mean']:+.3f} {ci(d['t_ci'])} (t 95 % over traces), higher on "
+                  f"{d['traces_higher']} of {d['traces']}")
+        if fits:
+            fit = fits[kind]
+            print(f"recovery = {fit['intercept']:.3f} + {fit['slope']:.3f} x {label} of the order sent (r = "
+                  f"{fit['r']:.2f} over {fit['experiments']} experiments of {args.recovery_fit.name}; a fit, not a "
+                  "measurement): " + ", ".join(f"{k} {summary[k]['recovery_expected']:.3f}" for k in names)
+                  + f"; 0.6 needs a mean trace {label} of {fit['tau_for_0.6']:.3f}")
     if args.out:
         write_json_atomic(result, args.out, indent=1)
         png = plot(result, args.out.with_suffix(".png"))

@@ -18,11 +18,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pars.baselines import TfidfRidgeBaseline, prompt_char_lengths, prompt_token_lengths
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import write_json_files_atomic
-from pars.metrics import kendall_tau, kendall_tau_difference, pairwise_accuracy, spearman_rho
+from pars.metrics import (
+    WEIGHT_CAP_PERCENTILE,
+    kendall_tau,
+    kendall_tau_difference,
+    length_weighted_tau,
+    pairwise_accuracy,
+    spearman_rho,
+)
 from pars.model import POOLINGS, load_ranker, load_tokenizer
 from pars.pairdata import load_pairs, load_rows, subsample
 from pars.pairs import pair_file_name
@@ -211,8 +220,19 @@ def check_args(args: argparse.Namespace) -> None:
 
 # ---- metrics ----
 
+def weighted_cap(lengths: Sequence[float]) -> float:
+    """Lengths are capped here for length_weighted_tau (as --pair-weighting's default cap in training)."""
+    return float(np.percentile(lengths, WEIGHT_CAP_PERCENTILE)) if len(lengths) else float("nan")
+
+
+def length_weighted(lengths: Sequence[float]) -> Callable[[Sequence[float], Sequence[float]], float]:
+    cap = weighted_cap(lengths)
+    return lambda scores, ys: length_weighted_tau(scores, ys, cap=cap)
+
+
 def metrics_for(score_of: dict[str, float], ds: EvalDataset) -> dict[str, Any]:
-    """Tau and rho over the rows, pairwise accuracy over the pairs (None without a pairs file)."""
+    """Tau, length-weighted tau and rho over the rows, pairwise accuracy over the pairs (None without a pairs
+    file)."""
     scores = [score_of[r["prompt"]] for r in ds.rows]
     lengths = [r["answer_length"] for r in ds.rows]
     accuracy = None
@@ -221,6 +241,8 @@ def metrics_for(score_of: dict[str, float], ds: EvalDataset) -> dict[str, Any]:
                                      [score_of[p["prompt_B"]] for p in ds.pairs],
                                      [p["label"] for p in ds.pairs])
     return {"kendall_tau": kendall_tau(scores, lengths), "spearman_rho": spearman_rho(scores, lengths),
+            "length_weighted_tau": length_weighted(lengths)(scores, lengths),
+            "length_weighted_cap": weighted_cap(lengths),
             "pairwise_accuracy": accuracy, "rows": len(ds.rows), "pairs": len(ds.pairs)}
 
 
@@ -282,11 +304,14 @@ def evaluate_baselines(ds: EvalDataset, tokenizer, tfidf: TfidfCache
 
 
 def versus_baselines(score_of: dict[str, float], baseline_tables: dict[str, dict[str, float]],
-                     ds: EvalDataset, seed: int) -> dict[str, dict[str, float]]:
-    """The checkpoint's tau minus each baseline's on the same rows, with a paired bootstrap 95 % interval."""
+                     ds: EvalDataset, seed: int, weighted: bool = False) -> dict[str, dict[str, float]]:
+    """The checkpoint's tau (or length-weighted tau) minus each baseline's on the same rows, with a paired
+    bootstrap 95 % interval."""
     lengths = [r["answer_length"] for r in ds.rows]
     ours = [score_of[r["prompt"]] for r in ds.rows]
-    return {name: kendall_tau_difference(ours, [table[r["prompt"]] for r in ds.rows], lengths, seed=seed)
+    metric = length_weighted(lengths) if weighted else None
+    return {name: kendall_tau_difference(ours, [table[r["prompt"]] for r in ds.rows], lengths, seed=seed,
+                                         metric=metric)
             for name, table in baseline_tables.items()}
 
 
@@ -328,12 +353,12 @@ def format_table(results: dict[str, dict[str, Any]], datasets: Sequence[EvalData
         entries += [(n, "baseline", m) for n, m in res["baselines"].items()]
         width = max(len(n) for n, _, _ in entries) + 13
         lines.append(f"Dataset {ds.name} ({ds.val_data}): {len(ds.rows)} rows, {len(ds.pairs)} pairs")
-        lines.append(f"  {'scorer':<{width}} {'kendall_tau':>11} {'spearman_rho':>12} {'pair_acc':>8} "
-                     f"{'seconds':>8}")
+        lines.append(f"  {'scorer':<{width}} {'kendall_tau':>11} {'weighted_tau':>12} {'spearman_rho':>12} "
+                     f"{'pair_acc':>8} {'seconds':>8}")
         for name, kind, m in entries:
             label = f"{name} ({kind})"
-            lines.append(f"  {label:<{width}} {fmt(m['kendall_tau']):>11} {fmt(m['spearman_rho']):>12} "
-                         f"{fmt(m['pairwise_accuracy']):>8} {m['seconds']:>8.2f}")
+            lines.append(f"  {label:<{width}} {fmt(m['kendall_tau']):>11} {fmt(m['length_weighted_tau']):>12} "
+                         f"{fmt(m['spearman_rho']):>12} {fmt(m['pairwise_accuracy']):>8} {m['seconds']:>8.2f}")
         for name, m in res["models"].items():
             for base, d in m.get("tau_minus_baseline", {}).items():
                 lines.append(f"  tau({name}) - tau({base}) = {d['difference']:+.4f}  "
@@ -342,6 +367,9 @@ def format_table(results: dict[str, dict[str, Any]], datasets: Sequence[EvalData
         for name, m in res["models"].items():
             if (d := m.get("tau_minus_first_checkpoint")) is not None:
                 lines.append(f"  tau({name}) - tau({first}) = {d['difference']:+.4f}  "
+                             f"(paired bootstrap 95% CI {fmt(d['ci95_low'])} .. {fmt(d['ci95_high'])})")
+            if (d := m.get("length_weighted_tau_minus_first_checkpoint")) is not None:
+                lines.append(f"  weighted_tau({name}) - weighted_tau({first}) = {d['difference']:+.4f}  "
                              f"(paired bootstrap 95% CI {fmt(d['ci95_low'])} .. {fmt(d['ci95_high'])})")
         lines.append("")
     return "\n".join(lines)
@@ -437,8 +465,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics, score_of = evaluate_checkpoint(scorer, ds, args.batch_size)
             metrics["tau_minus_baseline"] = versus_baselines(score_of, baseline_tables[ds.name], ds, args.seed)
             if ds.name in first_by_dataset:
-                metrics["tau_minus_first_checkpoint"] = versus_baselines(
-                    score_of, {ckpt_names[0]: first_by_dataset[ds.name]}, ds, args.seed)[ckpt_names[0]]
+                first = {ckpt_names[0]: first_by_dataset[ds.name]}
+                metrics["tau_minus_first_checkpoint"] = versus_baselines(score_of, first, ds, args.seed)[ckpt_names[0]]
+                metrics["length_weighted_tau_minus_first_checkpoint"] = versus_baselines(
+                    score_of, first, ds, args.seed, weighted=True)[ckpt_names[0]]
             else:
                 first_by_dataset[ds.name] = score_of
             results[ds.name]["models"][ckpt_name] = metrics

@@ -79,9 +79,11 @@ def test_priority_tau_of_what_each_run_sent(tmp_path, capsys):
             run["requests"] = [{"i": i, "priority": 0} for i in range(4)]
     taus = pool.priority_tau(r, 3.0)
     assert set(taus) == {"oracle", "pars@60"}  # fcfs sends no order
-    assert taus["oracle"] == {"median": 1.0, "min": 1.0, "max": 1.0, "runs": 2}
+    assert taus["oracle"] == {"median": 1.0, "min": 1.0, "max": 1.0, "runs": 2, "weighted": 1.0}
     assert taus["pars@60"]["min"] == pytest.approx(4 / 6) and taus["pars@60"]["max"] == pytest.approx(1.0)
     assert taus["pars@60"]["median"] == pytest.approx((1 + 4 / 6) / 2)
+    # weighted: the swapped pair differs by 10 of the 100 summed over all pairs, so repeat 1 has 0.8
+    assert taus["pars@60"]["weighted"] == pytest.approx((1 + 0.8) / 2)
     (tmp_path / "a.json").write_text(json.dumps(r))
     assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2"]) == 0
     assert "| a |  | 0.833 |" in capsys.readouterr().out  # no capacity recorded: tokens/s blank

@@ -9,6 +9,7 @@ from scipy.stats import kendalltau
 from serving_helpers import load_benchmark
 from transformers import AutoTokenizer
 
+from pars.metrics import length_weighted_tau
 from pars.model import load_ranker
 from pars.scoring import PromptScorer
 
@@ -43,6 +44,10 @@ def test_taus_are_those_of_the_rankers_scores_paired_by_trace(tiny_model_dir, ch
                       [min(r["answer_length"], 100) for r in rows[5:15]]).statistic
     first, second = result["rankers"]
     assert result["per_trace"]["seed 1 (sha1)"][second] == pytest.approx(want)
+    want_weighted = length_weighted_tau(mean.score([r["prompt"] for r in rows[5:15]]),
+                                        [min(r["answer_length"], 100) for r in rows[5:15]])
+    assert result["per_trace_weighted"]["seed 1 (sha1)"][second] == pytest.approx(want_weighted)
+    assert result["summary_weighted"][second]["minus_first"]["traces"] == 2
     diffs = [t[second] - t[first] for t in result["per_trace"].values()]
     summary = result["summary"][second]["minus_first"]
     assert summary["mean"] == pytest.approx(sum(diffs) / 2) and summary["traces"] == 2
@@ -70,3 +75,10 @@ def test_recovery_fit_is_the_least_squares_line():
     assert fit["experiments"] == 4 and fit["tau_for_0.6"] == pytest.approx(0.5)
     with pytest.raises(ValueError):
         trace_tau.recovery_fit({"experiments": pool["experiments"][:1]})
+    with pytest.raises(ValueError, match="rerun e2e_pool.py"):  # a pool JSON written before "weighted"
+        trace_tau.recovery_fit(pool, "weighted")
+    for e in pool["experiments"]:  # recovery = 2 x weighted tau
+        for name, row in e["priority_tau"].items():
+            row["weighted"] = e["recovered"][name]["mean"] / 2
+    fit = trace_tau.recovery_fit(pool, "weighted")
+    assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(0.0, abs=1e-9)
