@@ -197,6 +197,24 @@ def in_batch_pairs(lengths: torch.Tensor, threshold: float) -> tuple[torch.Tenso
     return i[keep], j[keep], torch.where(la[keep] > lb[keep], 1.0, -1.0)
 
 
+def pair_weights(lengths: torch.Tensor, i: torch.Tensor, j: torch.Tensor, cap: float) -> torch.Tensor:
+    """Each pair's weight for `--pair-weighting length-diff`: the difference of its two lengths, each capped
+    at `cap`, over the mean of those differences (so the loss keeps the unweighted loss's scale).
+
+    Why: of two jobs that wait together, running the longer one first costs the shorter one the difference
+    in service time, so a misordered pair matters in proportion to that difference, not by its ratio."""
+    capped = lengths.float().clamp(max=cap)
+    diff = (capped[i] - capped[j]).abs()
+    mean = diff.mean()
+    return diff / mean if mean > 0 else torch.ones_like(diff)
+
+
+def weighted_margin_loss(score_a: torch.Tensor, score_b: torch.Tensor, target: torch.Tensor,
+                         weights: torch.Tensor, margin: float) -> torch.Tensor:
+    """MarginRankingLoss with a weight per pair: mean of weight * max(0, -target * (a - b) + margin)."""
+    return (weights * (margin - target * (score_a - score_b)).clamp(min=0)).mean()
+
+
 # ---- fast batching (`--batching fast`): every distinct prompt tokenized once, batches padded to their own
 # longest prompt. Pairs and rows are held as integer indices into one token table, so memory grows with
 # the number of distinct prompts' tokens, not with the number of pairs.

@@ -34,7 +34,7 @@ from pars.batches import EpochBatches, FixedBatches
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import read_json, write_json_atomic
-from pars.metrics import kendall_tau, pairwise_accuracy
+from pars.metrics import WEIGHT_CAP_PERCENTILE, kendall_tau, length_weighted_tau, pairwise_accuracy
 from pars.model import POOLINGS, PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
 from pars.pairdata import (
     FastPairCollator,
@@ -46,13 +46,18 @@ from pars.pairdata import (
     in_batch_pairs,
     load_pairs,
     load_rows,
+    pair_weights,
     subsample,
+    weighted_margin_loss,
 )
 from pars.pairs import check_threshold
 from pars.plots import plot_training_curves
 from pars.scoring import PromptScorer
 from pars.trainstate import STATE_FILE, capture_rng, check_signature, load_state, restore_rng, save_state
 from pars.truncation import TRUNCATIONS
+
+PAIR_WEIGHTINGS = ("none", "length-diff")
+SELECT_BY = ("val_accuracy", "val_kendall_tau", "val_length_weighted_tau")
 
 DEFAULT_PROMPT_GROUP_SIZE = 2
 
@@ -125,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train_data.json for --pairing in-batch; by default the one beside --train-file.")
     p.add_argument("--similarity-threshold", type=float, default=0.2,
                    help="--pairing in-batch: minimum relative length difference of a pair.")
+    p.add_argument("--pair-weighting", choices=PAIR_WEIGHTINGS, default="none",
+                   help="--pairing in-batch: none weighs every pair alike (the original loss); length-diff "
+                        "weighs a pair by the difference of its answer lengths (capped at --pair-weight-cap), "
+                        "what misordering it costs a shortest-first scheduler.")
+    p.add_argument("--pair-weight-cap", type=float, default=None,
+                   help="--pair-weighting length-diff: answer lengths are capped here first, in "
+                        "answer_length's units. Default: the 98th percentile of the train rows' lengths, so a "
+                        "few very long answers do not outweigh the rest.")
     p.add_argument(
         "--batching", choices=("fast", "original"), default="fast",
         help="fast: tokenize each distinct prompt once up front, pad each batch to its own longest prompt "
@@ -149,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "placed apart, so a batch mixes more prompts (~1 + 1/N prompts encoded per pair); 0: "
                         "whole groups (fastest, ~1.5 points of val accuracy lost at equal steps). Default: 2, "
                         "which keeps the original's accuracy per step.")
-    p.add_argument("--select-by", choices=("val_accuracy", "val_kendall_tau"), default="val_accuracy",
+    p.add_argument("--select-by", choices=SELECT_BY, default="val_accuracy",
                    help="Metric that picks best_model.pt.")
     p.add_argument("--save-state", action="store_true",
                    help=f"Write the full training state ({STATE_FILE}: model, optimizer, scheduler, RNG, position) "
@@ -179,6 +192,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise PARSError("--batching original uses plain shuffled batches; drop --group-by-length/--group-by-prompt")
     if args.prompt_group_size is not None and args.prompt_group_size < 0:
         raise PARSError("--prompt-group-size must be >= 0 (0: whole groups)")
+    if args.pair_weighting != "none" and args.pairing != "in-batch":
+        raise PARSError("--pair-weighting needs the rows' answer lengths: use it with --pairing in-batch")
+    if args.pair_weight_cap is not None and args.pair_weight_cap <= 0:
+        raise PARSError("--pair-weight-cap must be > 0")
     if args.group_by_prompt and args.pairing != "pairs":
         raise PARSError("--group-by-prompt groups pairs by their prompt A; --pairing in-batch has no pairs to group")
     fast_pairs = args.pairing == "pairs" and args.batching == "fast"
@@ -241,8 +258,10 @@ def validate(scorer: PromptScorer, val_pairs, val_rows, batch_size: int, criteri
     result = {"val_loss": sum(losses) / len(losses),
               "val_accuracy": pairwise_accuracy(score_a.tolist(), score_b.tolist(), [p["label"] for p in val_pairs])}
     if val_rows is not None:
-        result["val_kendall_tau"] = kendall_tau([table[r["prompt"]] for r in val_rows],
-                                                [r["answer_length"] for r in val_rows])
+        scores, lengths = [table[r["prompt"]] for r in val_rows], [r["answer_length"] for r in val_rows]
+        result["val_kendall_tau"] = kendall_tau(scores, lengths)
+        result["val_length_weighted_tau"] = length_weighted_tau(
+            scores, lengths, cap=float(np.percentile(lengths, WEIGHT_CAP_PERCENTILE)))
     return result
 
 
@@ -308,8 +327,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     val_pairs = subsample(load_pairs(args.val_file, "val file"), args.max_eval_samples, args.seed)
     val_data_path = find_beside(args.val_data_file, args.val_file, "val_data.json")
     val_rows = load_rows(val_data_path, "val data file") if val_data_path else None
-    if args.select_by == "val_kendall_tau" and val_rows is None:
-        raise PARSError("--select-by val_kendall_tau needs --val-data-file (or val_data.json beside --val-file)")
+    if args.select_by != "val_accuracy" and val_rows is None:
+        raise PARSError(f"--select-by {args.select_by} needs --val-data-file (or val_data.json beside --val-file)")
 
     mixed_precision = precision.resolve(args.mixed_precision, device, args.batching == "original")
     use_cuda = device.type == "cuda"
@@ -328,6 +347,9 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             lengths = index.group_key_lengths() if args.group_by_length else None
         else:
             lengths = index.group_lengths() if args.group_by_length else None
+    weight_cap = None
+    if args.pair_weighting == "length-diff":
+        weight_cap = args.pair_weight_cap or float(np.percentile(index.answer_lengths, WEIGHT_CAP_PERCENTILE))
     batches = EpochBatches(n_train, args.batch_size, args.seed, lengths, drop_last=args.pairing == "in-batch",
                            rank=info.rank, world_size=info.world_size, groups=groups,
                            max_group=args.prompt_group_size)
@@ -373,7 +395,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         f"batching={args.batching} "
         f"group_by_length={args.group_by_length} group_by_prompt={args.group_by_prompt} train_items={n_train} "
         f"val_pairs={len(val_pairs)} "
-        f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else ""))
+        f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else "")
+        + (f" pair_weighting={args.pair_weighting} pair_weight_cap={weight_cap:g}" if weight_cap else ""))
 
     # ---- loop state (everything a resumed run needs beyond the weights) ----
     signature = {"train_items": n_train, "batch_size": args.batch_size, "seed": args.seed, "pairing": args.pairing,
@@ -382,8 +405,9 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                  "total_steps": total_steps,
                  "world_size": info.world_size,
                  # the same weights see other tokens under another cut
-                 "max_length": args.max_length, "truncation": args.truncation, "pooling": args.pooling}
-    best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf}
+                 "max_length": args.max_length, "truncation": args.truncation, "pooling": args.pooling,
+                 "pair_weighting": args.pair_weighting, "pair_weight_cap": weight_cap}
+    best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf, "val_length_weighted_tau": -math.inf}
     history: list[dict[str, Any]] = []
     # position: epoch, batches of it consumed, optimizer steps in all and at its start; running sums
     pos = {"epoch": 0, "batch": 0, "step": 0, "epoch_start_step": 0, "running_loss": 0.0, "epoch_steps": 0}
@@ -447,7 +471,11 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                     n_pairs = len(batch["labels"])
                 else:
                     scores = dist.gather_with_grad(scores, sizes)
-                    loss = criterion(scores[i], scores[j], target)
+                    if weight_cap is None:
+                        loss = criterion(scores[i], scores[j], target)
+                    else:
+                        loss = weighted_margin_loss(scores[i], scores[j], target,
+                                                    pair_weights(all_lengths, i, j, weight_cap), args.margin)
                     n_pairs = target.numel() / info.world_size  # every rank holds all of them
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
@@ -485,13 +513,14 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         line = f"Epoch {epoch + 1}: train_loss={train_loss:.4f}, val_loss={record['val_loss']:.4f}, " \
                f"val_accuracy={record['val_accuracy']:.4f}"
         if "val_kendall_tau" in record:
-            line += f", val_kendall_tau={record['val_kendall_tau']:.4f}"
+            line += f", val_kendall_tau={record['val_kendall_tau']:.4f}, " \
+                    f"val_length_weighted_tau={record['val_length_weighted_tau']:.4f}"
         history.append(record)
         say(line)
 
         metric = args.select_by
-        if record[metric] > best[metric]:
-            best = {k: record.get(k, best[k]) for k in best}
+        if record[metric] > best.get(metric, -math.inf):  # a state from an older version lacks newer keys
+            best = {k: record.get(k, best.get(k)) for k in {*best, metric}}
             if info.is_main:
                 save_checkpoint(model, output_dir / "best_model.pt")
         pos = {"epoch": epoch + 1, "batch": 0, "step": pos["step"], "epoch_start_step": pos["step"],
@@ -522,8 +551,11 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             "history": history,
             "select_by": args.select_by,
             "best_val_kendall_tau": best["val_kendall_tau"] if val_rows is not None else None,
+            "best_val_length_weighted_tau": best.get("val_length_weighted_tau") if val_rows is not None else None,
             "val_data_file": str(val_data_path) if val_data_path else None,
             "pairing": args.pairing,
+            "pair_weighting": args.pair_weighting,
+            "pair_weight_cap": weight_cap,
             "batching": args.batching,
             "group_by_length": args.group_by_length,
             "group_by_prompt": args.group_by_prompt,
