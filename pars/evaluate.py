@@ -18,16 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pars.baselines import TfidfRidgeBaseline, prompt_char_lengths, prompt_token_lengths
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import write_json_files_atomic
 from pars.metrics import (
-    WEIGHT_CAP_PERCENTILE,
     kendall_tau,
     kendall_tau_difference,
+    length_cap,
     length_weighted_tau,
     pairwise_accuracy,
     spearman_rho,
@@ -220,13 +218,8 @@ def check_args(args: argparse.Namespace) -> None:
 
 # ---- metrics ----
 
-def weighted_cap(lengths: Sequence[float]) -> float:
-    """Lengths are capped here for length_weighted_tau (as --pair-weighting's default cap in training)."""
-    return float(np.percentile(lengths, WEIGHT_CAP_PERCENTILE)) if len(lengths) else float("nan")
-
-
 def length_weighted(lengths: Sequence[float]) -> Callable[[Sequence[float], Sequence[float]], float]:
-    cap = weighted_cap(lengths)
+    cap = length_cap(lengths)
     return lambda scores, ys: length_weighted_tau(scores, ys, cap=cap)
 
 
@@ -242,7 +235,7 @@ def metrics_for(score_of: dict[str, float], ds: EvalDataset) -> dict[str, Any]:
                                      [p["label"] for p in ds.pairs])
     return {"kendall_tau": kendall_tau(scores, lengths), "spearman_rho": spearman_rho(scores, lengths),
             "length_weighted_tau": length_weighted(lengths)(scores, lengths),
-            "length_weighted_cap": weighted_cap(lengths),
+            "length_weighted_cap": length_cap(lengths),
             "pairwise_accuracy": accuracy, "rows": len(ds.rows), "pairs": len(ds.pairs)}
 
 

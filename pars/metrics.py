@@ -69,6 +69,11 @@ def length_weighted_tau(scores: Sequence[float], lengths: Sequence[float], cap: 
     return signed / total if total > 0 else float("nan")
 
 
+def length_cap(lengths: Sequence[float]) -> float:
+    """Where lengths are capped for length-weighted ranking: their WEIGHT_CAP_PERCENTILE-th percentile."""
+    return float(np.percentile(lengths, WEIGHT_CAP_PERCENTILE)) if len(lengths) else float("nan")
+
+
 def spearman_rho(scores: Sequence[float], lengths: Sequence[float]) -> float:
     if len(scores) < 2:
         return float("nan")

@@ -34,7 +34,7 @@ from pars.batches import EpochBatches, FixedBatches
 from pars.errors import PARSError
 from pars.hub import OFFLINE_ENCODER
 from pars.jsonio import read_json, write_json_atomic
-from pars.metrics import WEIGHT_CAP_PERCENTILE, kendall_tau, length_weighted_tau, pairwise_accuracy
+from pars.metrics import kendall_tau, length_cap, length_weighted_tau, pairwise_accuracy
 from pars.model import POOLINGS, PairwiseRanker, load_state_dict_into, load_tokenizer, read_state_dict, save_checkpoint
 from pars.pairdata import (
     FastPairCollator,
@@ -260,8 +260,7 @@ def validate(scorer: PromptScorer, val_pairs, val_rows, batch_size: int, criteri
     if val_rows is not None:
         scores, lengths = [table[r["prompt"]] for r in val_rows], [r["answer_length"] for r in val_rows]
         result["val_kendall_tau"] = kendall_tau(scores, lengths)
-        result["val_length_weighted_tau"] = length_weighted_tau(
-            scores, lengths, cap=float(np.percentile(lengths, WEIGHT_CAP_PERCENTILE)))
+        result["val_length_weighted_tau"] = length_weighted_tau(scores, lengths, cap=length_cap(lengths))
     return result
 
 
@@ -349,7 +348,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             lengths = index.group_lengths() if args.group_by_length else None
     weight_cap = None
     if args.pair_weighting == "length-diff":
-        weight_cap = args.pair_weight_cap or float(np.percentile(index.answer_lengths, WEIGHT_CAP_PERCENTILE))
+        weight_cap = args.pair_weight_cap or length_cap(index.answer_lengths)
     batches = EpochBatches(n_train, args.batch_size, args.seed, lengths, drop_last=args.pairing == "in-batch",
                            rank=info.rank, world_size=info.world_size, groups=groups,
                            max_group=args.prompt_group_size)
