@@ -15,6 +15,12 @@ difference in served tokens), which follows the live recovery more closely on ru
         --ranker-truncation head middle --recovery-fit benchmarks/results/vllm_e2e_pool_lf2_runM23.json \\
         --out benchmarks/results/trace_tau_M23.json
 
+Two more kinds of order can be screened beside the checkpoints. `--tfidf-train TRAIN_JSON` adds the TF-IDF +
+ridge baseline (pars.baselines) fitted on those rows, a model with other errors than the encoders'. `--ensemble
+A,B,...` (repeatable; `all` for every ranker) adds the mean of the named rankers' quantiles within each trace:
+what a gateway that averaged several predictors' score quantiles (its own mapping, `GATEWAY_QUANTILE_WINDOW`)
+would send, since the experiments prime each trace's prompts into the window.
+
 Prints a table and writes JSON, with a PNG beside it (each trace's tau, first ranker against the others).
 Traces replayed by several experiments count once.
 """
@@ -60,6 +66,26 @@ def prompts_of(traces: dict[str, dict], rows: Sequence[dict]) -> dict[str, list[
     if missing is not None:
         raise ValueError(f"row {missing!r} of a trace is not in --data: give the val_data.json the experiments used")
     return {key: [by_id[i] for i in t["ids"]] for key, t in traces.items()}
+
+
+def quantiles(scores: Sequence[float]) -> np.ndarray:
+    """Mid-rank quantiles in (0, 1), ties shared, as the gateway maps a score within its window."""
+    from scipy.stats import rankdata
+
+    return (rankdata(scores) - 0.5) / len(scores)
+
+
+def parse_ensembles(specs: Sequence[str] | None, names: Sequence[str]) -> dict[str, list[str]]:
+    """{ensemble name: its members} from --ensemble values ("a,b" or "all"); ValueError naming the unknown one."""
+    out: dict[str, list[str]] = {}
+    for spec in specs or []:
+        members = list(names) if spec.strip() == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+        unknown = [m for m in members if m not in names]
+        if unknown or len(members) < 2:
+            raise ValueError(f"--ensemble {spec!r}: give two or more of {', '.join(names)} (or all)"
+                             + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        out["ensemble(" + "+".join(members) + ")"] = members
+    return out
 
 
 def compare(taus: dict[str, dict[str, float]], names: Sequence[str]) -> dict:
@@ -128,6 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "ranker, as each was trained (default head)")
     p.add_argument("--ranker-pooling", nargs="+", choices=["pooler", "mean"], help="one for all or one per ranker, "
                    "as each was trained (default pooler)")
+    p.add_argument("--tfidf-train", type=Path, default=None, metavar="TRAIN_JSON",
+                   help="also screen the TF-IDF + ridge baseline fitted on these rows (train_data.json): "
+                        "tfidf_ridge")
+    p.add_argument("--ensemble", action="append", metavar="A,B,...", help="also screen the mean of these rankers' "
+                   "per-trace quantiles (names as printed, or all); repeat for several ensembles")
     p.add_argument("--recovery-fit", type=Path, default=None, metavar="POOL_JSON",
                    help="an e2e_pool.py JSON: a line of real recovery on the tau of the order sent, fitted over its "
                         "experiments, turns each ranker's mean trace tau into the recovery that line expects (a "
@@ -143,6 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         traces = read_traces(args.reports)
         rows = json.loads(args.data.read_text(encoding="utf-8"))
         prompts = prompts_of(traces, rows)
+        train_rows = json.loads(args.tfidf_train.read_text(encoding="utf-8")) if args.tfidf_train else None
         pool = json.loads(args.recovery_fit.read_text(encoding="utf-8")) if args.recovery_fit else None
         fits = {"tau": recovery_fit(pool), "weighted": recovery_fit(pool, "weighted")} if pool else None
     except (OSError, ValueError, KeyError) as exc:
@@ -156,16 +188,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pars.scoring import PromptScorer
 
     names = short_names(args.ranker_path) if n > 1 else [Path(args.ranker_path[0]).parent.name]
-    taus: dict[str, dict[str, float]] = {key: {} for key in traces}
-    weighted: dict[str, dict[str, float]] = {key: {} for key in traces}
+    try:  # checked before the scoring, which takes minutes
+        ensembles = parse_ensembles(args.ensemble, [*names, *(["tfidf_ridge"] if train_rows is not None else [])])
+    except ValueError as exc:
+        p.error(str(exc))
+    scores: dict[str, dict[str, list[float]]] = {key: {} for key in traces}
     for path, name, encoder, max_length, cut, pooling in zip(args.ranker_path, names, encoders, lengths, cuts,
                                                              poolings, strict=True):
         scorer = PromptScorer(load_ranker(encoder, path, pooling or "pooler"), load_tokenizer(encoder),
                               max_length=max_length or 128, device="cpu", truncation=cut or "head")
-        for key, trace in traces.items():
-            scores = scorer.score(prompts[key])
-            taus[key][name] = float(kendalltau(scores, trace["max_tokens"]).statistic)
-            weighted[key][name] = length_weighted_tau(scores, trace["max_tokens"])  # served lengths: capped already
+        for key in traces:
+            scores[key][name] = scorer.score(prompts[key])
+    if train_rows is not None:
+        from pars.baselines import TfidfRidgeBaseline
+
+        try:
+            tfidf = TfidfRidgeBaseline().fit([r["prompt"] for r in train_rows],
+                                             [r["answer_length"] for r in train_rows])
+        except (KeyError, TypeError) as exc:
+            p.error(f"--tfidf-train {args.tfidf_train}: rows need prompt and answer_length ({exc})")
+        names = [*names, "tfidf_ridge"]
+        for key in traces:
+            scores[key]["tfidf_ridge"] = tfidf.score(prompts[key])
+    for ens, members in ensembles.items():
+        for key in traces:
+            scores[key][ens] = np.mean([quantiles(scores[key][m]) for m in members], axis=0).tolist()
+    names = [*names, *ensembles]
+    taus: dict[str, dict[str, float]] = {key: {} for key in traces}
+    weighted: dict[str, dict[str, float]] = {key: {} for key in traces}
+    for key, trace in traces.items():
+        for name in names:
+            taus[key][name] = float(kendalltau(scores[key][name], trace["max_tokens"]).statistic)
+            # the served lengths are capped already
+            weighted[key][name] = length_weighted_tau(scores[key][name], trace["max_tokens"])
     summaries = {"tau": compare(taus, names), "weighted": compare(weighted, names)}
     for kind, fit in (fits or {}).items():
         fit["source"] = str(args.recovery_fit)
@@ -177,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "settings": [{"path": a, "encoder": e, "max_length": m or 128, "truncation": c or "head",
                             "pooling": pl or "pooler"}
                            for a, e, m, c, pl in zip(args.ranker_path, encoders, lengths, cuts, poolings, strict=True)],
+              "tfidf_train": str(args.tfidf_train) if args.tfidf_train else None, "ensembles": ensembles,
               "traces": {k: t["file"] for k, t in traces.items()}, "per_trace": taus, "summary": summaries["tau"],
               "per_trace_weighted": weighted, "summary_weighted": summaries["weighted"],
               "recovery_fit": (fits or {}).get("tau"), "recovery_fit_weighted": (fits or {}).get("weighted")}

@@ -749,11 +749,15 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     from pars.evaluate import short_names  # here: it imports torch, which the harness's other jobs never need
 
     procs = [("vllm", vproc, vllm_url, "/health")]
-    configs = [("fcfs-gw", None, {**gw_env, "GATEWAY_SCORER": "none"})] if args.fcfs_gateway else []
+    configs = [("fcfs-gw", None, {**gw_env, "GATEWAY_SCORER": "none"}, [])] if args.fcfs_gateway else []
     paths = args.ranker_path or []
     # One ranker: policies pars@W as ever. Several: pars[<its directory>]@W, one predictor service each.
-    labels = short_names(paths) if len(paths) > 1 else [None] * len(paths)
-    for path, label, settings in zip(paths, labels, ranker_settings(args), strict=True):
+    nices = per_ranker(args.ranker_nice, len(paths), "--ranker-nice")
+    labels = ranker_labels(paths, nices, short_names)
+    for path, label, settings, nice in zip(paths, labels, ranker_settings(args), nices, strict=True):
+        # --ranker-nice: the scoring yields the CPU to vLLM's processes where they meet (its EngineCore
+        # process may run on the side cores too); it applies to whichever process scores
+        niced = ["nice", "-n", str(nice)] if nice else []
         ranker = {"PREDICTOR_MODEL_PATH": str(Path(path).resolve()), "PREDICTOR_DEVICE": "cpu",
                   "PREDICTOR_BACKEND": args.predictor_backend, **settings}
         if args.predictor_threads:
@@ -764,7 +768,7 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
         if args.scorer == "remote":
             pport = free_port()
             purl = f"http://127.0.0.1:{pport}"
-            pproc = servers.start(f"predictor{tag}", side + uv + ["scripts.serve_predictor_score:app", "--host",
+            pproc = servers.start(f"predictor{tag}", side + niced + uv + ["scripts.serve_predictor_score:app", "--host",
                                                            "127.0.0.1", "--port", str(pport), "--no-access-log"],
                                   ranker, serving)
             procs.append((f"predictor{tag}", pproc, purl, "/ready"))
@@ -774,13 +778,14 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
             scorer_env = {"GATEWAY_SCORER": "local", **ranker}
         configs += [(f"pars{tag}-w{w:g}" + (f"-len{lw:g}" if lw else ""), label,
                      {**gw_env, **scorer_env, "GATEWAY_FAIRNESS_WINDOW_S": str(w),
-                      "GATEWAY_PROMPT_LENGTH_WEIGHT": str(lw)})
+                      "GATEWAY_PROMPT_LENGTH_WEIGHT": str(lw)}, niced if args.scorer == "local" else [])
                     for w in args.fairness_windows for lw in args.prompt_length_weights]
     gateways = []
-    for name, label, env in configs:
+    for name, label, env, niced in configs:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        cmd = side + uv + ["scripts.pars_gateway:app", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+        cmd = side + niced + uv + ["scripts.pars_gateway:app", "--host", "127.0.0.1", "--port", str(port),
+                                   "--no-access-log"]
         proc = servers.start(name, cmd, env, serving)
         procs.append((name, proc, url, "/gateway/health"))
         gateways.append(f"{label}={url}" if label else url)
@@ -938,6 +943,10 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--predictor-threads", type=int, default=None,
                    help="PREDICTOR_NUM_THREADS of the ranker (default: the service's own, physical cores)")
     g.add_argument("--onnx-cache-dir", default=None, help="PREDICTOR_ONNX_CACHE_DIR (the exported ONNX models)")
+    g.add_argument("--ranker-nice", type=int, nargs="+", metavar="N", help="run each ranker's scoring process "
+                   "(its predictor service; under --scorer local, its gateways) at this nice increment: one for all "
+                   "or one per ranker; a checkpoint given twice with two values runs as two policies, "
+                   "pars[<name>+nice<N>]@W")
     g.add_argument("--scorer", choices=["remote", "local"], default="remote",
                    help="remote: one predictor service for all gateways; local: the ranker in each gateway")
     g.add_argument("--prompt-length-weights", type=floats, default=[0.0],
@@ -1191,6 +1200,19 @@ def ranker_settings(args: argparse.Namespace) -> list[dict[str, str]]:
     return [{k: str(v[i]) for k, v in columns.items() if v[i] is not None} for i in range(n)]
 
 
+def ranker_labels(paths: Sequence[str], nices: Sequence[int | None], short_names) -> list[str | None]:
+    """Policy labels of the rankers (pars[<label>]@W): none for one ranker; otherwise each checkpoint's short
+    name, with +nice<N> where --ranker-nice sets one, so one checkpoint can run twice at two nice levels."""
+    if len(paths) <= 1:
+        return [None] * len(paths)
+    distinct = list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
+    base = dict(zip(distinct, short_names(distinct), strict=True))
+    names = [base[str(Path(p).resolve())] + (f"+nice{k}" if k else "") for p, k in zip(paths, nices, strict=True)]
+    if len(set(names)) < len(names):  # the same checkpoint twice at one nice level (other settings differ)
+        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
+    return names
+
+
 def cpu_list(spec: str) -> set[int]:
     """A taskset-style list ("1", "0,2-3") as a set of CPUs this process may use; ValueError otherwise."""
     cpus: set[int] = set()
@@ -1211,6 +1233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         ranker_settings(args)
+        if any(not 0 <= k <= 19 for k in per_ranker(args.ranker_nice, len(args.ranker_path or []),
+                                                      "--ranker-nice") if k is not None):
+            raise ValueError("--ranker-nice takes 0 to 19 (a lower priority than the engine's, never a higher)")
         for flag, spec in (("--engine-cpus", args.engine_cpus), ("--side-cpus", args.side_cpus)):
             if spec is not None:
                 try:

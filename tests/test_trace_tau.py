@@ -82,3 +82,45 @@ def test_recovery_fit_is_the_least_squares_line():
             row["weighted"] = e["recovered"][name]["mean"] / 2
     fit = trace_tau.recovery_fit(pool, "weighted")
     assert fit["slope"] == pytest.approx(2.0) and fit["intercept"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_tfidf_and_ensembles_are_screened_beside_the_checkpoints(tiny_model_dir, checkpoint, tiny_data, tmp_path):
+    """--tfidf-train adds the TF-IDF + ridge baseline; --ensemble the mean of the members' per-trace quantiles,
+    as a gateway averaging their score quantiles would order the trace."""
+    from pars.baselines import TfidfRidgeBaseline
+
+    rows = json.loads((tiny_data / "val_data.json").read_text())
+    train = json.loads((tiny_data / "train_data.json").read_text())
+    trace = rows[:12]
+    served = [r["answer_length"] for r in trace]
+    report = write_report(tmp_path / "a.json", [str(r["task_id"]) for r in trace], served, 0)
+    out = tmp_path / "ens.json"
+    assert trace_tau.main([report, "--data", str(tiny_data / "val_data.json"), "--ranker-name", str(tiny_model_dir),
+                           "--ranker-path", str(checkpoint), "--tfidf-train", str(tiny_data / "train_data.json"),
+                           "--ensemble", "all", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    first, tfidf, ens = result["rankers"]
+    assert tfidf == "tfidf_ridge" and result["ensembles"] == {ens: [first, "tfidf_ridge"]}
+    prompts = [r["prompt"] for r in trace]
+    baseline = TfidfRidgeBaseline().fit([r["prompt"] for r in train], [r["answer_length"] for r in train])
+    key = "seed 0 (sha0)"
+    assert result["per_trace"][key][tfidf] == pytest.approx(kendalltau(baseline.score(prompts), served).statistic)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    ranker = PromptScorer(load_ranker(str(tiny_model_dir), checkpoint, "pooler"), tokenizer, device="cpu")
+    mean_q = (trace_tau.quantiles(ranker.score(prompts)) + trace_tau.quantiles(baseline.score(prompts))) / 2
+    assert result["per_trace"][key][ens] == pytest.approx(kendalltau(mean_q, served).statistic)
+    assert result["per_trace_weighted"][key][ens] == pytest.approx(length_weighted_tau(mean_q, served))
+
+
+def test_quantiles_are_mid_ranks_and_bad_ensembles_fail_before_scoring(tiny_data, tmp_path, capsys):
+    assert list(trace_tau.quantiles([10.0, 30.0, 20.0, 20.0])) == [0.125, 0.875, 0.5, 0.5]
+    assert trace_tau.parse_ensembles(["a,b"], ["a", "b", "c"]) == {"ensemble(a+b)": ["a", "b"]}
+    for spec in ("a,zz", "a"):
+        with pytest.raises(ValueError, match="--ensemble"):
+            trace_tau.parse_ensembles([spec], ["a", "b"])
+    rows = json.loads((tiny_data / "val_data.json").read_text())
+    report = write_report(tmp_path / "a.json", [str(rows[0]["task_id"])], [10], 0)
+    with pytest.raises(SystemExit) as exc:  # the checkpoint does not exist: the error comes first
+        trace_tau.main([report, "--data", str(tiny_data / "val_data.json"), "--ranker-path", "x/no.pt",
+                        "--ensemble", "no,such"])
+    assert exc.value.code == 2 and "--ensemble" in capsys.readouterr().err

@@ -500,3 +500,47 @@ def test_cpu_list_parses_taskset_lists():
     first = min(os.sched_getaffinity(0))
     assert e2e.cpu_list(str(first)) == {first}
     assert e2e.cpu_list(f"{first}-{first}, {first}") == {first}
+
+
+def test_ranker_nice_runs_one_checkpoint_twice_at_two_priorities(monkeypatch, capsys):
+    """--ranker-nice: the scoring process of each ranker starts under nice (the predictor service, or the
+    gateways under --scorer local), never vLLM nor the unscored gateway; one checkpoint at two levels is two
+    policies with their own names."""
+    started: dict[str, list[str]] = {}
+
+    class Recorder:
+        def start(self, name, cmd, env, cwd):
+            started[name] = cmd
+            return None
+
+    monkeypatch.setattr(e2e, "wait_up", lambda *a, **k: None)
+    ckpt = "runs/a/best_model.pt"
+
+    def launch(*flags):
+        started.clear()
+        args = e2e.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows",
+                                        "1000", "--ranker-path", ckpt, ckpt, *flags])
+        return e2e.start_all(args, Recorder())[1]
+
+    gateways = launch("--ranker-nice", "0", "19", "--side-cpus", str(min(os.sched_getaffinity(0))))
+    assert [g.split("=")[0] for g in gateways if "=" in g] == ["a", "a+nice19"]  # fcfs-gw: a bare URL
+    assert "nice" not in started["predictor-a"] and "nice" not in started["vllm"]
+    niced = started["predictor-a+nice19"]
+    assert niced[niced.index("nice"):niced.index("nice") + 3] == ["nice", "-n", "19"]
+    assert niced[0] == "taskset" and "nice" not in started["fcfs-gw"]
+    assert all("nice" not in cmd for name, cmd in started.items() if name.startswith("pars"))  # remote: the service
+    launch("--ranker-nice", "5", "--scorer", "local")
+    assert [cmd[:3] for name, cmd in started.items() if name.startswith("pars")] == [["nice", "-n", "5"]] * 2
+    assert not any(name.startswith("predictor") for name in started)
+    with pytest.raises(SystemExit) as exc:
+        e2e.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", ckpt, "--ranker-nice", "-5"])
+    assert exc.value.code == 2 and "--ranker-nice" in capsys.readouterr().err
+
+
+def test_ranker_labels_tell_nice_levels_and_repeats_apart():
+    from pars.evaluate import short_names
+
+    assert e2e.ranker_labels(["runs/a/best_model.pt"], [19], short_names) == [None]
+    assert e2e.ranker_labels(["runs/a/best_model.pt", "runs/b/best_model.pt"], [None, 19], short_names) == [
+        "a", "b+nice19"]
+    assert e2e.ranker_labels(["runs/a/best_model.pt"] * 2, [None, None], short_names) == ["a#1", "a#2"]
