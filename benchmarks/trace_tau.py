@@ -120,24 +120,41 @@ def recovery_fit(pool: dict, key: str = "median") -> dict:
 
 
 def plot(result: dict, out_png: Path) -> Path:
+    """Left: each trace's tau, first ranker against each other. Right: each order's mean length-weighted tau
+    over the traces with its t interval, and the level the recovery fit puts at 0.6 of the oracle's gain."""
     from pars.plots import _new_figure, save_png
 
     names = result["rankers"]
     first = names[0]
-    fig = _new_figure(5.2, 4.6)
-    ax = fig.add_subplot()
+    fig = _new_figure(11, 5.2)
+    left, right = fig.subplots(1, 2, width_ratios=[1, 1.1])
     per = result["per_trace"]
     xs = [t[first] for t in per.values()]
     for j, name in enumerate(names[1:], start=1):
-        ax.scatter(xs, [t[name] for t in per.values()], s=18, color=f"C{j}", label=name)
+        left.scatter(xs, [t[name] for t in per.values()], s=18, color=f"C{j % 10}", label=name)
     values = [v for t in per.values() for v in t.values()]
     lo, hi = min(values), max(values)
-    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="equal")
-    ax.set_xlabel(f"Kendall's tau on the trace: {first}")
-    ax.set_ylabel("Kendall's tau on the trace: other ranker")
-    ax.set_title(f"{len(per)} traces: each ranker's order against the served lengths", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
-    ax.grid(alpha=0.3)
+    left.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--", label="equal")
+    left.set_xlabel(f"Kendall's tau on the trace: {first}")
+    left.set_ylabel("Kendall's tau on the trace: other order")
+    left.set_title(f"{len(per)} traces: each order against the served lengths", fontsize=9)
+    left.legend(fontsize=6, loc="lower right")
+    left.grid(alpha=0.3)
+    summary = result["summary_weighted"]
+    ys = list(range(len(names)))[::-1]
+    means = [summary[n]["mean"] for n in names]
+    cis = [summary[n]["t_ci"] or [summary[n]["mean"]] * 2 for n in names]
+    right.errorbar(means, ys, xerr=[[m - c[0] for m, c in zip(means, cis, strict=True)],
+                                    [c[1] - m for m, c in zip(means, cis, strict=True)]],
+                   fmt="o", color="C0", capsize=3)
+    fit = result.get("recovery_fit_weighted")
+    if fit and fit.get("tau_for_0.6") is not None:
+        right.axvline(fit["tau_for_0.6"], color="red", ls="--", lw=0.9,
+                      label=f"0.6 of the oracle's gain by the fit ({fit['tau_for_0.6']:.3f})")
+        right.legend(fontsize=7, loc="lower right")
+    right.set_yticks(ys, [n if len(n) <= 60 else n[:57] + "..." for n in names], fontsize=6)
+    right.set_xlabel("length-weighted tau, mean over traces (t 95 %)")
+    right.grid(alpha=0.3)
     return save_png(fig, out_png)
 
 
