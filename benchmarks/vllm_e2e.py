@@ -746,14 +746,12 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     serving = ROOT / "predictor_serving"
     uv = [sys.executable, "-m", "uvicorn"]
     gw_env = {"GATEWAY_UPSTREAM_URL": vllm_url, "GATEWAY_PREDICTOR_TIMEOUT_MS": str(args.predictor_timeout_ms)}
-    from pars.evaluate import short_names  # here: it imports torch, which the harness's other jobs never need
-
     procs = [("vllm", vproc, vllm_url, "/health")]
     configs = [("fcfs-gw", None, {**gw_env, "GATEWAY_SCORER": "none"}, [])] if args.fcfs_gateway else []
     paths = args.ranker_path or []
     # One ranker: policies pars@W as ever. Several: pars[<its directory>]@W, one predictor service each.
     nices = per_ranker(args.ranker_nice, len(paths), "--ranker-nice")
-    labels = ranker_labels(paths, nices, short_names)
+    labels = ranker_labels(paths, nices)
     for path, label, settings, nice in zip(paths, labels, ranker_settings(args), nices, strict=True):
         # --ranker-nice: the scoring yields the CPU to vLLM's processes where they meet (its EngineCore
         # process may run on the side cores too); it applies to whichever process scores
@@ -1200,17 +1198,14 @@ def ranker_settings(args: argparse.Namespace) -> list[dict[str, str]]:
     return [{k: str(v[i]) for k, v in columns.items() if v[i] is not None} for i in range(n)]
 
 
-def ranker_labels(paths: Sequence[str], nices: Sequence[int | None], short_names) -> list[str | None]:
+def ranker_labels(paths: Sequence[str], nices: Sequence[int | None]) -> list[str | None]:
     """Policy labels of the rankers (pars[<label>]@W): none for one ranker; otherwise each checkpoint's short
     name, with +nice<N> where --ranker-nice sets one, so one checkpoint can run twice at two nice levels."""
     if len(paths) <= 1:
         return [None] * len(paths)
-    distinct = list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
-    base = dict(zip(distinct, short_names(distinct), strict=True))
-    names = [base[str(Path(p).resolve())] + (f"+nice{k}" if k else "") for p, k in zip(paths, nices, strict=True)]
-    if len(set(names)) < len(names):  # the same checkpoint twice at one nice level (other settings differ)
-        names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
-    return names
+    from pars.evaluate import suffixed_names  # here: it imports torch, which the harness's other jobs never need
+
+    return suffixed_names(paths, [f"+nice{k}" if k else "" for k in nices])
 
 
 def cpu_list(spec: str) -> set[int]:

@@ -130,16 +130,22 @@ def short_names(paths: Sequence[str | Path]) -> list[str]:
     return names
 
 
-def checkpoint_names(paths: Sequence[str | Path], truncations: Sequence[str], poolings: Sequence[str]) -> list[str]:
-    """short_names, with `+middle` after a checkpoint scored under middle truncation and `+mean` under mean
-    pooling: one checkpoint can be given twice, once per setting."""
+def suffixed_names(paths: Sequence[str | Path], suffixes: Sequence[str]) -> list[str]:
+    """short_names of the distinct checkpoints, each with its suffix: one checkpoint can be given twice, once
+    per setting; `#<position>` tells apart what is still the same."""
     distinct = list(dict.fromkeys(str(Path(p).resolve()) for p in paths))
     base = dict(zip(distinct, short_names(distinct), strict=True))
-    names = [base[str(Path(p).resolve())] + ("" if t == "head" else f"+{t}") + ("" if pl == "pooler" else f"+{pl}")
-             for p, t, pl in zip(paths, truncations, poolings, strict=True)]
+    names = [base[str(Path(p).resolve())] + suffix for p, suffix in zip(paths, suffixes, strict=True)]
     if len(set(names)) < len(names):
         names = [f"{n}#{i + 1}" for i, n in enumerate(names)]
     return names
+
+
+def checkpoint_names(paths: Sequence[str | Path], truncations: Sequence[str], poolings: Sequence[str]) -> list[str]:
+    """short_names, with `+middle` after a checkpoint scored under middle truncation and `+mean` under mean
+    pooling: one checkpoint can be given twice, once per setting."""
+    return suffixed_names(paths, [("" if t == "head" else f"+{t}") + ("" if pl == "pooler" else f"+{pl}")
+                                  for t, pl in zip(truncations, poolings, strict=True)])
 
 
 def _distinct_tail(directory: Path, others: Sequence[Path]) -> str:

@@ -538,9 +538,6 @@ def test_ranker_nice_runs_one_checkpoint_twice_at_two_priorities(monkeypatch, ca
 
 
 def test_ranker_labels_tell_nice_levels_and_repeats_apart():
-    from pars.evaluate import short_names
-
-    assert e2e.ranker_labels(["runs/a/best_model.pt"], [19], short_names) == [None]
-    assert e2e.ranker_labels(["runs/a/best_model.pt", "runs/b/best_model.pt"], [None, 19], short_names) == [
-        "a", "b+nice19"]
-    assert e2e.ranker_labels(["runs/a/best_model.pt"] * 2, [None, None], short_names) == ["a#1", "a#2"]
+    assert e2e.ranker_labels(["runs/a/best_model.pt"], [19]) == [None]
+    assert e2e.ranker_labels(["runs/a/best_model.pt", "runs/b/best_model.pt"], [None, 19]) == ["a", "b+nice19"]
+    assert e2e.ranker_labels(["runs/a/best_model.pt"] * 2, [None, None]) == ["a#1", "a#2"]
