@@ -209,14 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensembles = parse_ensembles(args.ensemble, [*names, *(["tfidf_ridge"] if train_rows is not None else [])])
     except ValueError as exc:
         p.error(str(exc))
-    scores: dict[str, dict[str, list[float]]] = {key: {} for key in traces}
-    for path, name, encoder, max_length, cut, pooling in zip(args.ranker_path, names, encoders, lengths, cuts,
-                                                             poolings, strict=True):
-        scorer = PromptScorer(load_ranker(encoder, path, pooling or "pooler"), load_tokenizer(encoder),
-                              max_length=max_length or 128, device="cpu", truncation=cut or "head")
-        for key in traces:
-            scores[key][name] = scorer.score(prompts[key])
-    if train_rows is not None:
+    tfidf = None
+    if train_rows is not None:  # fitted before the encoders score too: a bad train file fails in seconds
         from pars.baselines import TfidfRidgeBaseline
 
         try:
@@ -224,6 +218,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                              [r["answer_length"] for r in train_rows])
         except (KeyError, TypeError) as exc:
             p.error(f"--tfidf-train {args.tfidf_train}: rows need prompt and answer_length ({exc})")
+    scores: dict[str, dict[str, list[float]]] = {key: {} for key in traces}
+    for path, name, encoder, max_length, cut, pooling in zip(args.ranker_path, names, encoders, lengths, cuts,
+                                                             poolings, strict=True):
+        scorer = PromptScorer(load_ranker(encoder, path, pooling or "pooler"), load_tokenizer(encoder),
+                              max_length=max_length or 128, device="cpu", truncation=cut or "head")
+        for key in traces:
+            scores[key][name] = scorer.score(prompts[key])
+    if tfidf is not None:
         names = [*names, "tfidf_ridge"]
         for key in traces:
             scores[key]["tfidf_ridge"] = tfidf.score(prompts[key])

@@ -124,3 +124,15 @@ def test_quantiles_are_mid_ranks_and_bad_ensembles_fail_before_scoring(tiny_data
         trace_tau.main([report, "--data", str(tiny_data / "val_data.json"), "--ranker-path", "x/no.pt",
                         "--ensemble", "no,such"])
     assert exc.value.code == 2 and "--ensemble" in capsys.readouterr().err
+
+
+def test_bad_tfidf_train_rows_fail_before_the_encoders_score(tiny_data, tmp_path, capsys):
+    rows = json.loads((tiny_data / "val_data.json").read_text())
+    report = write_report(tmp_path / "a.json", [str(rows[0]["task_id"])], [10], 0)
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps([{"prompt": "no length here"}, {"prompt": "nor here"}]))
+    with pytest.raises(SystemExit) as exc:  # the checkpoint does not exist: the TF-IDF error comes first
+        trace_tau.main([report, "--data", str(tiny_data / "val_data.json"), "--ranker-path", "x/no.pt",
+                        "--tfidf-train", str(bad)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--tfidf-train" in err and "answer_length" in err
