@@ -309,6 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--versus", nargs="+", type=Path, default=[], metavar="REPORT",
                    help="a second set of experiments (e.g. the same traces run under other settings): per policy, "
                         "the recovery on the traces both sets replayed, this set minus that one, paired by trace")
+    p.add_argument("--versus-load-factor", type=float, default=None, metavar="LF",
+                   help="read the --versus set at this load factor instead of --load-factor; with the same files "
+                        "on both sides, one load minus another, paired by trace (e.g. --load-factor 1.5 "
+                        "--versus-load-factor 2: does the recovery depend on the load?)")
     p.add_argument("--difference", nargs=2, action="append", default=[], metavar=("A", "B"),
                    help="two policies of the same experiments (e.g. two rankers run interleaved): B's recovery "
                         "minus A's, paired by trace, with a t interval over traces (repeatable)")
@@ -316,6 +320,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="a sched_sim.py JSON (e.g. benchmarks/results/sched_sim_noise.json): its recovery against its "
                         "rankers' tau, drawn beside the experiments' in the *_vs_tau.png")
     args = p.parse_args(argv)
+    if args.versus_load_factor is not None and not args.versus:
+        p.error("--versus-load-factor needs --versus (the experiments to read at that load factor)")
     curve: list[dict] = []
     if args.model is not None:
         try:
@@ -340,8 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pooled_rows.setdefault(policy, []).extend(rows)
                 trace_rows.setdefault(policy, {}).setdefault(experiment["trace"], []).extend(rows)
         versus_rows: dict[str, dict[str, list]] = {}
+        versus_lf = args.load_factor if args.versus_load_factor is None else args.versus_load_factor
         for path in args.versus:
-            experiment, rows_of = read_experiment(path, args.load_factor, args.speed_adjusted, aliases,
+            experiment, rows_of = read_experiment(path, versus_lf, args.speed_adjusted, aliases,
                                                   args.baseline, args.ceiling)
             for policy, rows in rows_of.items():
                 versus_rows.setdefault(policy, {}).setdefault(experiment["trace"], []).extend(rows)
@@ -362,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "speed_adjusted": args.speed_adjusted, "same": aliases,
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "experiments": experiments, "pooled": pooled, "by_trace": traces,
-              "versus": {"files": [str(x) for x in args.versus], "by_policy": versus} if versus else None,
+              "versus": {"files": [str(x) for x in args.versus], "load_factor": versus_lf,
+                         "by_policy": versus} if versus else None,
               "differences": differences or None,
               "model_curve": {"source": str(args.model), "points": curve} if curve else None}
 

@@ -242,3 +242,33 @@ def test_difference_pairs_two_policies_of_the_same_runs_by_trace(tmp_path, capsy
     assert "difference +0.05" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         pool.main([*paths, "--load-factor", "2", "--difference", "pars[x]@1000", "pars[z]@1000"])
+
+
+def test_versus_load_factor_pairs_one_load_against_another_on_the_same_traces(tmp_path, capsys):
+    """Each experiment ran two loads: trace s0 recovers 0.7 at load 1.5 and 0.5 at load 2, trace s1 0.6 and
+    0.6. Load 1.5 minus load 2, paired by trace: +0.2 and 0.0, mean +0.1."""
+    def write(name: str, seed: int, at_15: float, at_2: float) -> str:
+        runs = [{"rate": rate, "policy": policy, "repeat": 0, "trace_sha": f"sha{seed}",
+                 "summary": {"latency_s": {"mean": mean}, "makespan_s": 3.0 * mean, "output_tokens_per_s": 100.0}}
+                for rate, pars in ((3.0, at_15), (4.0, at_2))
+                for policy, mean in (("fcfs", 20.0), ("oracle", 10.0), ("pars@1000", 20.0 - 10.0 * pars))]
+        r = {"note": "synthetic", "capacity": {"load_factors": {"3": 1.5, "4": 2.0}}, "runs": runs,
+             "trace": {"seed": seed}}
+        (tmp_path / name).write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    paths = [write("s0.json", 0, 0.7, 0.5), write("s1.json", 1, 0.6, 0.6)]
+    out = tmp_path / "pool.json"
+    assert pool.main([*paths, "--load-factor", "1.5", "--versus", *paths, "--versus-load-factor", "2",
+                      "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["load_factor"] == 1.5 and result["versus"]["load_factor"] == 2.0
+    paired = result["versus"]["by_policy"]["pars@1000"]
+    assert {r["trace"]: r["difference"] for r in paired["per_trace"]} == {
+        "seed 0 (sha0)": pytest.approx(0.2), "seed 1 (sha1)": pytest.approx(0.0)}
+    assert paired["mean_this"] == pytest.approx(0.65) and paired["mean_versus"] == pytest.approx(0.55)
+    assert "difference +0.10" in capsys.readouterr().out
+    # without --versus there is nothing to read at the other load
+    with pytest.raises(SystemExit):
+        pool.main([*paths, "--load-factor", "1.5", "--versus-load-factor", "2"])
+    assert "--versus-load-factor needs --versus" in capsys.readouterr().err
