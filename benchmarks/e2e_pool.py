@@ -46,10 +46,14 @@ def rate_of(report: dict, load_factor: float) -> float:
                      f"(it ran load factors {sorted(by_lf.values()) or 'none: fixed --rates'})")
 
 
-def means_by_repeat(report: dict, rate: float, speed_adjusted: bool = False) -> dict[str, dict[int, float]]:
+def means_by_repeat(report: dict, rate: float, speed_adjusted: bool = False,
+                    skip_fallbacks: bool = False) -> dict[str, dict[int, float]]:
     """Mean latency of every (policy, repeat) at this rate. speed_adjusted: each run's mean times its output
-    tokens/s over the median run's, i.e. as if every run had had the median server speed."""
-    runs = [r for r in report["runs"] if abs(r["rate"] - rate) < 1e-9 and r["summary"]["latency_s"] is not None]
+    tokens/s over the median run's, i.e. as if every run had had the median server speed. skip_fallbacks:
+    without the gateway runs in which any request fell back to the neutral priority (the predictor was
+    down or slow), so what is left measures the ranker's order, not the predictor's availability."""
+    runs = [r for r in report["runs"] if abs(r["rate"] - rate) < 1e-9 and r["summary"]["latency_s"] is not None
+            and not (skip_fallbacks and (r.get("fallbacks") or 0) > 0)]
     reference = float(np.median([r["summary"]["output_tokens_per_s"] for r in runs])) if runs else 1.0
     out: dict[str, dict[int, float]] = {}
     for run in runs:
@@ -147,7 +151,7 @@ def parse_same(items: Sequence[str]) -> dict[str, str]:
 
 
 def read_experiment(path: Path, load_factor: float, speed_adjusted: bool, aliases: dict[str, str],
-                    baseline: str, ceiling: str) -> tuple[dict, dict[str, list]]:
+                    baseline: str, ceiling: str, skip_fallbacks: bool = False) -> tuple[dict, dict[str, list]]:
     """One vllm_e2e.py report: its summary for the pool, and each PARS (or prompt-length) policy's recovery
     rows, policies renamed by `aliases`. ValueError with a one-line reason when it cannot be pooled."""
     try:
@@ -155,7 +159,10 @@ def read_experiment(path: Path, load_factor: float, speed_adjusted: bool, aliase
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"cannot read {path}: {exc}") from None
     rate = rate_of(report, load_factor)
-    means = means_by_repeat(report, rate, speed_adjusted)
+    means = means_by_repeat(report, rate, speed_adjusted, skip_fallbacks)
+    skipped = [{"policy": aliases.get(r["policy"], r["policy"]), "repeat": r["repeat"], "fallbacks": r["fallbacks"]}
+               for r in report["runs"]
+               if skip_fallbacks and abs(r["rate"] - rate) < 1e-9 and (r.get("fallbacks") or 0) > 0]
     clash = [a for a in aliases if a in means and aliases[a] in means]
     if clash:
         raise ValueError(f"{path} has both {clash[0]} and {aliases[clash[0]]}: --same would mix them")
@@ -174,7 +181,7 @@ def read_experiment(path: Path, load_factor: float, speed_adjusted: bool, aliase
                   "duration_vs_mean_corr": duration_correlation(report, rate),
                   "priority_tau": {aliases.get(k, k): v for k, v in priority_tau(report, rate).items()},
                   "tokens_per_s": (report.get("capacity") or {}).get("tokens_per_s"),
-                  "trace": trace_key(report, path)}
+                  "trace": trace_key(report, path), "skipped_for_fallbacks": skipped}
     return experiment, rows_of
 
 
@@ -300,6 +307,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "is how fast the VM was during that run. The adjustment removes it, and with it any "
                         "effect a policy has on throughput (the proxy's CPU use in PARS runs): it estimates the "
                         "ranking's worth on an equally fast server, not what a user of the gateway gets")
+    p.add_argument("--skip-fallback-runs", action="store_true",
+                   help="leave out every gateway run in which a request fell back to the neutral priority (the "
+                        "predictor down or slow): the ranker's order alone, as a check beside the full pool, "
+                        "which counts those runs as a user would have lived them")
     p.add_argument("--same", action="append", default=[], metavar="NAME=ALIAS",
                    help="pool policy ALIAS of any experiment under NAME (repeatable), e.g. "
                         "'pars@1000=pars[sg_inbatch_bf16]@1000': one ranker named differently in an experiment "
@@ -340,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for path in args.reports:
             experiment, rows_of = read_experiment(path, args.load_factor, args.speed_adjusted, aliases,
-                                                  args.baseline, args.ceiling)
+                                                  args.baseline, args.ceiling, args.skip_fallback_runs)
             experiments.append(experiment)
             for policy, rows in rows_of.items():
                 pooled_rows.setdefault(policy, []).extend(rows)
@@ -349,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         versus_lf = args.load_factor if args.versus_load_factor is None else args.versus_load_factor
         for path in args.versus:
             experiment, rows_of = read_experiment(path, versus_lf, args.speed_adjusted, aliases,
-                                                  args.baseline, args.ceiling)
+                                                  args.baseline, args.ceiling, args.skip_fallback_runs)
             for policy, rows in rows_of.items():
                 versus_rows.setdefault(policy, {}).setdefault(experiment["trace"], []).extend(rows)
     except ValueError as exc:
@@ -366,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         differences[f"{b} - {a}"] = paired_by_trace(trace_rows[b], trace_rows[a])
     result = {"what": "issue 6: share of the oracle's mean-latency gain recovered, pooled over experiments",
               "load_factor": args.load_factor, "baseline": args.baseline, "ceiling": args.ceiling,
-              "speed_adjusted": args.speed_adjusted, "same": aliases,
+              "speed_adjusted": args.speed_adjusted, "skip_fallback_runs": args.skip_fallback_runs, "same": aliases,
               "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "experiments": experiments, "pooled": pooled, "by_trace": traces,
               "versus": {"files": [str(x) for x in args.versus], "load_factor": versus_lf,

@@ -272,3 +272,23 @@ def test_versus_load_factor_pairs_one_load_against_another_on_the_same_traces(tm
     with pytest.raises(SystemExit):
         pool.main([*paths, "--load-factor", "1.5", "--versus-load-factor", "2"])
     assert "--versus-load-factor needs --versus" in capsys.readouterr().err
+
+
+def test_skip_fallback_runs_leaves_out_the_runs_whose_predictor_failed(tmp_path, capsys):
+    """pars@1000 recovers 0.6 in repeat 0 and 0.1 in repeat 1, where 45 requests fell back to the neutral
+    priority. The full pool counts both (mean 0.35); --skip-fallback-runs only repeat 0, and says which run
+    it left out."""
+    r = report(3.0, 2.0, {"fcfs": [20.0, 20.0], "oracle": [10.0, 10.0], "pars@1000": [14.0, 19.0]})
+    for run in r["runs"]:
+        if run["policy"] == "pars@1000":
+            run["fallbacks"] = 45 if run["repeat"] == 1 else 0
+    (tmp_path / "a.json").write_text(json.dumps(r))
+    out = tmp_path / "pool.json"
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["pooled"]["pars@1000"]["per_repeat"] == pytest.approx([0.6, 0.1])
+    assert pool.main([str(tmp_path / "a.json"), "--load-factor", "2", "--skip-fallback-runs", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pooled"]["pars@1000"]["per_repeat"] == pytest.approx([0.6])
+    assert result["skip_fallback_runs"] is True
+    assert result["experiments"][0]["skipped_for_fallbacks"] == [{"policy": "pars@1000", "repeat": 1, "fallbacks": 45}]
+    capsys.readouterr()
