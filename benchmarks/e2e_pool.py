@@ -46,6 +46,11 @@ def rate_of(report: dict, load_factor: float) -> float:
                      f"(it ran load factors {sorted(by_lf.values()) or 'none: fixed --rates'})")
 
 
+def fell_back(run: dict) -> bool:
+    """Whether any request of this run went on with the neutral priority (the predictor down or slow)."""
+    return (run.get("fallbacks") or 0) > 0
+
+
 def means_by_repeat(report: dict, rate: float, speed_adjusted: bool = False,
                     skip_fallbacks: bool = False) -> dict[str, dict[int, float]]:
     """Mean latency of every (policy, repeat) at this rate. speed_adjusted: each run's mean times its output
@@ -53,7 +58,7 @@ def means_by_repeat(report: dict, rate: float, speed_adjusted: bool = False,
     without the gateway runs in which any request fell back to the neutral priority (the predictor was
     down or slow), so what is left measures the ranker's order, not the predictor's availability."""
     runs = [r for r in report["runs"] if abs(r["rate"] - rate) < 1e-9 and r["summary"]["latency_s"] is not None
-            and not (skip_fallbacks and (r.get("fallbacks") or 0) > 0)]
+            and not (skip_fallbacks and fell_back(r))]
     reference = float(np.median([r["summary"]["output_tokens_per_s"] for r in runs])) if runs else 1.0
     out: dict[str, dict[int, float]] = {}
     for run in runs:
@@ -162,7 +167,7 @@ def read_experiment(path: Path, load_factor: float, speed_adjusted: bool, aliase
     means = means_by_repeat(report, rate, speed_adjusted, skip_fallbacks)
     skipped = [{"policy": aliases.get(r["policy"], r["policy"]), "repeat": r["repeat"], "fallbacks": r["fallbacks"]}
                for r in report["runs"]
-               if skip_fallbacks and abs(r["rate"] - rate) < 1e-9 and (r.get("fallbacks") or 0) > 0]
+               if skip_fallbacks and abs(r["rate"] - rate) < 1e-9 and fell_back(r)]
     clash = [a for a in aliases if a in means and aliases[a] in means]
     if clash:
         raise ValueError(f"{path} has both {clash[0]} and {aliases[clash[0]]}: --same would mix them")
