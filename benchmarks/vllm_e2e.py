@@ -699,6 +699,12 @@ def wait_up(proc: subprocess.Popen, url: str, path: str, timeout: float, name: s
     raise SystemExit(f"{name} at {url} not up after {timeout:.0f} s")
 
 
+def log_dir_for(log_dir: Path | None, out: Path) -> Path:
+    """--log-dir, or one folder per experiment named after its --out: logs outlive the next experiment (the
+    predictor stall of run Q went unexplained because the next trace overwrote the shared logs)."""
+    return log_dir if log_dir is not None else Path("/tmp") / f"{out.name.removesuffix('.json')}_logs"
+
+
 @dataclass
 class Servers:
     """--start: vLLM, the predictor service and the gateways as child processes, stopped (by pid) on exit."""
@@ -962,7 +968,8 @@ def parser() -> argparse.ArgumentParser:
                    "and this client on these cores only (taskset list, e.g. 1), off the engine's: on a small CPU "
                    "their work otherwise stalls decode steps, in the scored runs only")
     g.add_argument("--startup-timeout-s", type=float, default=900.0)
-    g.add_argument("--log-dir", type=Path, default=Path("/tmp"), help="servers' logs")
+    g.add_argument("--log-dir", type=Path, default=None, help="servers' logs (default: /tmp/<stem of --out>_logs/, "
+                   "one folder per experiment, so a later experiment does not overwrite them)")
 
     g = p.add_argument_group("experiment")
     g.add_argument("--policies", help="only these policies, comma list (default: fcfs, oracle, prompt-length and "
@@ -1273,7 +1280,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(write_outputs(report, out))
         return 0
 
-    servers = Servers(args.log_dir)
+    servers = Servers(log_dir_for(args.log_dir, Path(args.out)))
     # kill/SIGTERM unwinds like Ctrl-C, through the finally below: the servers started here stop with us
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:

@@ -68,3 +68,22 @@ def test_engine_trims_on_its_thread_after_the_job(direct, monkeypatch, interval)
     else:
         assert [e for e, _ in events] == ["job", "trim"]
         assert events[0][1] == events[1][1] and events[1][1].startswith("pars-inference")
+
+
+def test_a_slow_trim_is_timed_and_logged(direct, monkeypatch, caplog):
+    # malloc_trim holds malloc's locks while it runs; a slow one must show in the metrics and the log.
+    import time
+
+    from pars.serving import batcher
+
+    monkeypatch.setattr(memory, "_load_malloc_trim", lambda: lambda pad: time.sleep(0.05) or 1)
+    monkeypatch.setattr(batcher, "SLOW_TRIM_S", 0.04)
+    metrics = Metrics()
+    engine = InferenceEngine(direct, metrics, max_batch_size=8, max_batch_tokens=4096, heap_trim_interval_s=1e-9)
+    try:
+        engine.trim_heap()
+    finally:
+        engine.close()
+    assert metrics.registry.get_sample_value("pars_heap_trim_seconds_count") == 1.0
+    assert metrics.registry.get_sample_value("pars_heap_trim_seconds_sum") >= 0.05
+    assert "malloc_trim took" in caplog.text

@@ -541,3 +541,11 @@ def test_ranker_labels_tell_nice_levels_and_repeats_apart():
     assert e2e.ranker_labels(["runs/a/best_model.pt"], [19]) == [None]
     assert e2e.ranker_labels(["runs/a/best_model.pt", "runs/b/best_model.pt"], [None, 19]) == ["a", "b+nice19"]
     assert e2e.ranker_labels(["runs/a/best_model.pt"] * 2, [None, None]) == ["a#1", "a#2"]
+
+
+def test_each_experiment_keeps_its_own_server_logs(tmp_path):
+    # Run Q's predictor stall went unexplained: the next experiment overwrote the shared /tmp logs.
+    a = e2e.log_dir_for(None, Path("benchmarks/results/vllm_e2e_runR_seed39.json"))
+    b = e2e.log_dir_for(None, Path("benchmarks/results/vllm_e2e_runR_seed40.json"))
+    assert a != b and a == Path("/tmp/vllm_e2e_runR_seed39_logs")
+    assert e2e.log_dir_for(tmp_path, Path("x.json")) == tmp_path

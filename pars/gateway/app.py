@@ -25,6 +25,7 @@ from pars.gateway.scorers import make_scorer
 from pars.gateway.settings import GatewaySettings
 from pars.httpclient import pool_limits
 from pars.serving.lifespan import OneLineStartupErrors
+from pars.serving.watchdog import StallWatchdog
 
 log = logging.getLogger("pars.gateway")
 
@@ -56,9 +57,12 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
         app.state.upstream = httpx.AsyncClient(base_url=s.upstream_url, timeout=timeout, limits=limits)
         app.state.settings, app.state.scorer = s, scorer
         app.state.prioritizer = Prioritizer(s, scorer, metrics)
+        watchdog = StallWatchdog(s.stall_dump_s, metrics.loop, "PARS gateway")
+        watchdog.start()
         try:
             yield
         finally:
+            await watchdog.stop()
             await app.state.upstream.aclose()
             if scorer is not None:
                 await scorer.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from pars.serving.watchdog import LoopMetrics
+
 _SCORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
@@ -20,6 +22,7 @@ class GatewayMetrics:
                                        "included)", buckets=_SCORE_BUCKETS, registry=r)
         self.upstream_errors = Counter("pars_gateway_upstream_errors_total", "requests the upstream could not be "
                                        "reached for (answered 502)", registry=r)
+        self.loop = LoopMetrics(r, "pars_gateway")
 
     def fallback_count(self) -> int:
         return sum(self.fallbacks_by_reason().values())

@@ -55,6 +55,10 @@ class GatewaySettings(BaseSettings):
     # H2 in predictor_serving/README.md). 0: the score alone. Applied to scored prompts only.
     prompt_length_weight: float = Field(default=0.0, ge=0)
 
+    # When the event loop has not run for this long, every thread's stack goes to stderr and
+    # pars_gateway_event_loop_stalls_total counts it (pars/serving/watchdog.py). 0: off.
+    stall_dump_s: float = Field(default=5.0, ge=0)
+
     # Bind address of `python scripts/pars_gateway.py` (with uvicorn's CLI, use --host/--port).
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=1, le=65535)

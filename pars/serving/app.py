@@ -49,6 +49,7 @@ from pars.serving.schemas import (
     ScoreResponse,
 )
 from pars.serving.settings import Settings
+from pars.serving.watchdog import StallWatchdog
 from pars.trained_settings import mismatches
 
 log = logging.getLogger("pars.serving")
@@ -158,6 +159,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.settings = s
         app.state.scorer = scorer
+        watchdog = StallWatchdog(s.stall_dump_s, metrics.loop, "PARS predictor")
+        watchdog.start()
         api_key = s.api_key.get_secret_value() if s.api_key is not None else ""
         app.state.api_key = api_key.encode() if api_key else None
         engine, runner = build_runner(scorer, s, metrics)
@@ -190,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runner.close()
             engine.close()
             app.state.tokenizer_thread.shutdown(wait=True)
+            await watchdog.stop()
 
     app = FastAPI(title="PARS prompt score predictor", version=__version__, lifespan=lifespan)
     app.state.status, app.state.status_message = "loading", "loading the model"

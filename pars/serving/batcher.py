@@ -37,6 +37,7 @@ _CALIBRATION_MAX_TOKENS = 4096
 
 
 log = logging.getLogger("pars.serving")
+SLOW_TRIM_S = 0.5
 
 
 def _log_crash(task: asyncio.Task) -> None:
@@ -93,7 +94,17 @@ class InferenceEngine:
         finally:
             # On the inference thread too, but queued after this job: its caller need not wait for it.
             if self.heap.due():
-                self.executor.submit(self.heap.maybe_trim)
+                self.executor.submit(self.trim_heap)
+
+    def trim_heap(self) -> None:
+        """malloc_trim, timed: it holds malloc's arena locks while it runs, so a slow one would stall every
+        thread that allocates, event loop included (a suspect of issue 6's predictor stalls)."""
+        started = time.perf_counter()
+        if self.heap.maybe_trim():
+            took = time.perf_counter() - started
+            self.metrics.heap_trim.observe(took)
+            if took >= SLOW_TRIM_S:
+                log.warning("malloc_trim took %.2f s (PREDICTOR_HEAP_TRIM_INTERVAL_S=0 turns it off)", took)
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids per prompt, truncated at max_length, unpadded (as PromptScorer.tokenize would)."""

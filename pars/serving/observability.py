@@ -7,6 +7,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pars.serving.watchdog import LoopMetrics
+
 ENDPOINTS = frozenset({"/", "/score", "/score_batch", "/compare", "/compare_batch", "/health", "/ready",
                        "/metrics", "/docs", "/openapi.json"})
 
@@ -43,6 +45,9 @@ class Metrics:
         self.forward_overhead_tokens = Gauge(
             "pars_forward_overhead_tokens", "fixed cost of one forward pass in padded tokens (measured at warm-up "
             "unless PREDICTOR_FORWARD_OVERHEAD_TOKENS is set): the padding a split must save", registry=r)
+        self.heap_trim = Histogram("pars_heap_trim_seconds", "time of one malloc_trim (PREDICTOR_HEAP_TRIM_INTERVAL_S)",
+                                   buckets=_LATENCY_BUCKETS, registry=r)
+        self.loop = LoopMetrics(r, "pars")
 
     def observe_forward(self, prompts: int, padded_tokens: int, real_tokens: int, seconds: float) -> None:
         self.prompts.inc(prompts)

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # RSS stays flat under ever-changing batch shapes (pars/serving/memory.py).
     heap_trim_interval_s: float = Field(default=1.0, ge=0)
     max_wait_ms: float = Field(default=2.0, ge=0, le=60_000)  # gathering window after the first queued request
+    # When the event loop has not run for this long, every thread's stack goes to stderr (again every this
+    # long while it lasts) and pars_event_loop_stalls_total counts it (pars/serving/watchdog.py). 0: off.
+    stall_dump_s: float = Field(default=5.0, ge=0)
 
     # Limits.
     max_prompts_per_request: int = Field(default=1024, ge=1)  # more: HTTP 413
