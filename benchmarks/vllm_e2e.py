@@ -744,8 +744,10 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
     vllm_env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kvcache_gib), "HF_HUB_OFFLINE": "1"}
     if args.engine_cpus:
         vllm_env["VLLM_CPU_OMP_THREADS_BIND"] = args.engine_cpus
-    vproc = servers.start("vllm", vllm_command(args.vllm_python, str(Path(args.model_dir).resolve()), vport,
-                                               args.max_num_seqs, args.max_model_len), vllm_env, ROOT)
+    # --vllm-cpus: every vLLM process (API server, EngineCore, Worker) on these cores, none on the side cores
+    vllm_pin = ["taskset", "-c", args.vllm_cpus] if args.vllm_cpus else []
+    vproc = servers.start("vllm", vllm_pin + vllm_command(args.vllm_python, str(Path(args.model_dir).resolve()),
+                                                          vport, args.max_num_seqs, args.max_model_len), vllm_env, ROOT)
     # --side-cpus: the predictor and the gateways off the engine's cores, so that scoring cannot stall a
     # decode step (as on a GPU box, where the engine does not share the predictor's CPU)
     side = ["taskset", "-c", args.side_cpus] if args.side_cpus else []
@@ -964,6 +966,10 @@ def parser() -> argparse.ArgumentParser:
                    "ranker shares the CPU with vLLM here, so more than the default 50")
     g.add_argument("--engine-cpus", default=None, metavar="CPUS", help="VLLM_CPU_OMP_THREADS_BIND, the cores of "
                    "vLLM's engine, e.g. 0 (default: vLLM's own choice; on 2 cores it takes core 0 and leaves 1)")
+    g.add_argument("--vllm-cpus", default=None, metavar="CPUS", help="run all of vLLM (its API server, "
+                   "EngineCore and Worker processes) on these cores only (taskset list, e.g. 0). Without it only the "
+                   "Worker is bound (--engine-cpus) and the others float onto the side cores, where the scoring "
+                   "then slows them; with it and --side-cpus, PARS takes no CPU from vLLM, as on a GPU box")
     g.add_argument("--side-cpus", default=None, metavar="CPUS", help="run the predictor services, the gateways "
                    "and this client on these cores only (taskset list, e.g. 1), off the engine's: on a small CPU "
                    "their work otherwise stalls decode steps, in the scored runs only")
@@ -1238,7 +1244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if any(not 0 <= k <= 19 for k in per_ranker(args.ranker_nice, len(args.ranker_path or []),
                                                       "--ranker-nice") if k is not None):
             raise ValueError("--ranker-nice takes 0 to 19 (a lower priority than the engine's, never a higher)")
-        for flag, spec in (("--engine-cpus", args.engine_cpus), ("--side-cpus", args.side_cpus)):
+        for flag, spec in (("--engine-cpus", args.engine_cpus), ("--side-cpus", args.side_cpus),
+                           ("--vllm-cpus", args.vllm_cpus)):
             if spec is not None:
                 try:
                     cpu_list(spec)

@@ -486,14 +486,18 @@ def test_side_cpus_pin_predictor_and_gateways_not_vllm(monkeypatch):
             assert cmd[:3] == ["taskset", "-c", cpu]
             assert cmd[3:6] == [plain[name][0][0], "-m", "uvicorn"]
     assert pinned["vllm"][1]["VLLM_CPU_OMP_THREADS_BIND"] == cpu
+    walled = launch("--side-cpus", cpu, "--vllm-cpus", cpu)  # all of vLLM under taskset too
+    assert walled["vllm"][0][:3] == ["taskset", "-c", cpu] and walled["vllm"][0][3:6] == plain["vllm"][0][:3]
+    assert walled["predictor"][0][:3] == ["taskset", "-c", cpu]
 
 
+@pytest.mark.parametrize("flag", ["--side-cpus", "--vllm-cpus"])
 @pytest.mark.parametrize("spec", ["x", "2-1", "", "100000"])
-def test_bad_cpu_list_is_a_one_line_error(spec, capsys):
+def test_bad_cpu_list_is_a_one_line_error(flag, spec, capsys):
     with pytest.raises(SystemExit) as exc:
-        e2e.main(["--data", "d.json", "--model-dir", "m", "--side-cpus", spec])
+        e2e.main(["--data", "d.json", "--model-dir", "m", flag, spec])
     err = capsys.readouterr().err
-    assert exc.value.code == 2 and "--side-cpus" in err and "Traceback" not in err
+    assert exc.value.code == 2 and flag in err and "Traceback" not in err
 
 
 def test_cpu_list_parses_taskset_lists():
