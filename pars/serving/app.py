@@ -159,8 +159,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.settings = s
         app.state.scorer = scorer
-        watchdog = StallWatchdog(s.stall_dump_s, metrics.loop, "PARS predictor")
-        watchdog.start()
         api_key = s.api_key.get_secret_value() if s.api_key is not None else ""
         app.state.api_key = api_key.encode() if api_key else None
         engine, runner = build_runner(scorer, s, metrics)
@@ -182,6 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         # In the background: the server answers /health (and /ready with 503) while it runs.
         warm_task = asyncio.get_running_loop().create_task(warm_up())
+        watchdog = StallWatchdog(s.stall_dump_s, metrics.loop, "PARS predictor")
+        watchdog.start()  # here, so that the finally below always stops it
         try:
             yield
         finally:
