@@ -86,8 +86,12 @@ class StallWatchdog:
         while True:
             started = time.monotonic()
             await asyncio.sleep(self.tick_s)
-            self._arm()
             gap = time.monotonic() - started
+            if gap >= self.timeout_s:
+                # When the whole process was stopped (SIGSTOP, starved of CPU), the loop and faulthandler's
+                # thread wake together, and re-arming now would cancel the dump that is due: let it run first.
+                await asyncio.sleep(self.tick_s)
+            self._arm()
             self.metrics.lag.observe(max(0.0, gap - self.tick_s))
             if gap >= self.timeout_s:
                 self.metrics.stalls.inc()
