@@ -249,7 +249,7 @@ def test_help_explains():
     proc = run_script("lmsys_gpt4", "--help")
     assert proc.returncode == 0
     for flag in ("--output-dir", "--seed", "--test-size", "--similarity-threshold", "--train-num-pairs",
-                 "--val-num-pairs", "--data-files", "--num-proc"):
+                 "--val-num-pairs", "--data-files", "--num-proc", "--length-tokenizer"):
         assert flag in proc.stdout
     assert "(default: 50)" in proc.stdout  # lmsys train pairs per row
 
@@ -305,3 +305,45 @@ def test_train_turns_flag_only_for_multi_turn_datasets():
     assert "--train-turns" in run_script("sharegpt", "--help").stdout
     proc = run_script("alpaca_gpt4", "--output-dir", "x", "--train-turns", "all")
     assert proc.returncode == 2 and "unrecognized arguments: --train-turns" in proc.stderr
+
+
+def test_length_tokenizer_counts_answers_in_its_tokens(tmp_path, tiny_model_dir):
+    """--length-tokenizer: answer_length is the answer's token count in that tokenizer (no special tokens),
+    the split is the same as without it, and pairs follow the new lengths."""
+    from transformers import AutoTokenizer
+
+    rng = random.Random(3)
+    # Characters and tokens disagree: a known word is one token per 4-6 characters, an unknown run of x's
+    # is one token ([UNK]) however long it is.
+    rows = [{"instruction": f"task {i}",
+             "output": " ".join(rng.choice(["write", "essay", "python"]) for _ in range(rng.randint(1, 30)))
+             if i % 2 else "x" * rng.randint(20, 400)} for i in range(60)]
+    src = write(tmp_path / "c.jsonl", rows, "jsonl")
+    preprocess.main("code", ["--output-dir", str(tmp_path / "chars"), "--data-files", str(src)])
+    preprocess.main("code", ["--output-dir", str(tmp_path / "tok"), "--data-files", str(src),
+                             "--length-tokenizer", str(tiny_model_dir)])
+    chars, tok = read_outputs(tmp_path / "chars"), read_outputs(tmp_path / "tok")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for by_chars, by_tokens in ((chars[0], tok[0]), (chars[1], tok[1])):
+        assert [(r["task_id"], r["prompt"], r["answer_content"]) for r in by_chars] == \
+               [(r["task_id"], r["prompt"], r["answer_content"]) for r in by_tokens]
+        assert [r["answer_length"] for r in by_chars] == [len(r["answer_content"]) for r in by_chars]
+        want = [len(tokenizer(r["answer_content"], add_special_tokens=False)["input_ids"]) for r in by_tokens]
+        assert [r["answer_length"] for r in by_tokens] == want
+    assert any(len(r["answer_content"]) > 100 and r["answer_length"] == 1 for r in tok[0])
+    assert tok[2] == make_pairs(tok[0], 10, 0.2, 42) and tok[3] == make_pairs(tok[1], 10, 0.2, 43)
+    assert tok[2] != chars[2]
+
+
+def test_bad_length_tokenizer_is_one_line_and_writes_nothing(tmp_path):
+    src = write(tmp_path / "x.json", code_rows(20), "json")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "data_preprocess" / "scripts" / "preprocess_code_gpt4.py"),
+         "--output-dir", str(tmp_path / "o"), "--data-files", str(src),
+         "--length-tokenizer", str(tmp_path / "no-such-tokenizer")],
+        capture_output=True, text=True, timeout=120, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "length tokenizer" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

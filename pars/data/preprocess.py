@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from pars.data import sharegpt
 from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_example, output_row
+from pars.data.token_lengths import load_length_tokenizer, recount_lengths
 from pars.errors import PARSError
 from pars.hub import hub_offline_requested, hub_reachable
 from pars.jsonio import write_json_files_atomic
@@ -53,6 +54,13 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-proc", type=int, default=None,
         help="Processes for datasets' filter/map (useful for lmsys-chat-1m's million rows).",
+    )
+    parser.add_argument(
+        "--length-tokenizer", default=None, metavar="NAME_OR_DIR",
+        help="Count answer_length in this tokenizer's tokens (a hub id or local directory: the tokenizer of "
+             "the LLM you serve) instead of the dataset's default unit (characters; words for alpaca). The "
+             "scheduler waits on generated tokens, and characters per token differ between prose, code and "
+             "non-Latin scripts. Loaded before the data, so a bad name fails at once.",
     )
     if spec.turns is not None:
         parser.add_argument(
@@ -165,6 +173,9 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
     if args.train_num_pairs < 0 or args.val_num_pairs < 0:
         raise PARSError("--train-num-pairs and --val-num-pairs must be >= 0")
     logging.getLogger("datasets").setLevel(logging.ERROR)
+    length_tokenizer = None
+    if getattr(args, "length_tokenizer", None):
+        length_tokenizer = load_length_tokenizer(args.length_tokenizer)
 
     all_turns = getattr(args, "train_turns", "first") == "all"
     ds = load_source(spec, args.data_files, max_turns=None if all_turns else 2)
@@ -197,6 +208,9 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
     else:
         train_rows, train_skipped = normalize_split(split["train"], spec, args.num_proc, "train")
     val_rows, val_skipped = normalize_split(split["test"], spec, args.num_proc, "val")
+    if length_tokenizer is not None:
+        train_skipped += recount_lengths(train_rows, length_tokenizer, desc="Counting train tokens")
+        val_skipped += recount_lengths(val_rows, length_tokenizer, desc="Counting val tokens")
     if not train_rows or not val_rows:
         raise PARSError(f"{spec.name}: no usable rows in the {'train' if not train_rows else 'val'} split")
 
@@ -218,10 +232,11 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
         "dataset": spec.name,
         "rows_loaded": loaded,
         "rows_after_filter": len(ds),
+        "length_unit": f"tokens of {args.length_tokenizer}" if length_tokenizer is not None else spec.length.__name__,
         "train": {"rows": len(train_rows), "skipped": train_skipped, "pairs": len(train_pairs)},
         "val": {"rows": len(val_rows), "skipped": val_skipped, "pairs": len(val_pairs)},
     }
-    print(f"{spec.name}: {loaded} rows loaded, {len(ds)} after filter")
+    print(f"{spec.name}: {loaded} rows loaded, {len(ds)} after filter; answer_length in {summary['length_unit']}")
     if all_turns:
         summary["train"]["turns"] = "all"
         summary["train"]["conversations_left_out"] = left_out
