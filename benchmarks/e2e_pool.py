@@ -14,8 +14,9 @@ Prints a table and writes JSON: per experiment and pooled, the mean of the per-r
 interval, and the pooled ratio of summed gains (sum over repeats of fcfs - policy over sum of fcfs - oracle,
 which weights a repeat by the size of its oracle gain and is steadier than a mean of ratios). Repeats of one
 trace (`--seed`) share its 80 rows, so the pooled interval over repeats leaves out which rows were drawn:
-"by trace" takes each trace's mean recovery (over every experiment that replayed it) and a t interval over
-traces, the estimate for the ranker on a trace not yet seen.
+"by trace" takes each trace's recovery (over every experiment that replayed it) and a t interval over
+traces, the estimate for the ranker on a trace not yet seen; a trace's recovery is both the mean of its repeats'
+ratios and the ratio of its summed gains, the steadier one (issue 6's measure from run T on).
 """
 
 from __future__ import annotations
@@ -133,15 +134,28 @@ def trace_key(report: dict, path: Path) -> str:
     return str(path)
 
 
+def ratio_of_sums(rows: Sequence[tuple[int, float, float, float]]) -> float:
+    """sum(baseline - policy) / sum(baseline - ceiling) over these repeats (nan when the oracle gains sum to 0)."""
+    oracle_gains = sum(r[2] for r in rows)
+    return sum(r[1] for r in rows) / oracle_gains if oracle_gains else float("nan")
+
+
 def by_trace(rows_of: dict[str, list[tuple[int, float, float, float]]]) -> dict:
-    """Recovery per trace (the mean of its repeats, over every experiment that replayed it), and the mean of
-    those with a t interval over traces. Repeats of one trace share its rows, so the pooled interval over
-    repeats leaves out which rows were drawn; this one counts a trace once."""
-    per = [{"trace": key, "repeats": len(rows), "mean": float(np.nanmean([r[3] for r in rows]))}
+    """Recovery per trace, over every experiment that replayed it, two ways: the mean of its repeats' ratios
+    (`mean`), and the ratio of its summed gains (`ratio_of_sums`), and each's mean with a t interval over
+    traces. Repeats of one trace share its rows, so the pooled interval over repeats leaves out which rows
+    were drawn; these count a trace once. A repeat whose oracle gain nearly vanishes (the server slowed
+    down during it) turns its ratio into a wild number and drags the mean of ratios with it (run S, seed
+    52: 7.4 and 13.5); the ratio of sums weights a repeat by its oracle gain and so does not break."""
+    per = [{"trace": key, "repeats": len(rows), "mean": float(np.nanmean([r[3] for r in rows])),
+            "ratio_of_sums": ratio_of_sums(rows)}
            for key, rows in rows_of.items() if rows]
     means = [t["mean"] for t in per]
+    sums = [t["ratio_of_sums"] for t in per if np.isfinite(t["ratio_of_sums"])]
     return {"traces": len(per), "per_trace": per, "mean": float(np.mean(means)) if means else None,
-            "t_ci": t_interval(means)}
+            "t_ci": t_interval(means),
+            "ratio_of_sums": {"traces": len(sums), "mean": float(np.mean(sums)) if sums else None,
+                              "t_ci": t_interval(sums)}}
 
 
 def parse_same(items: Sequence[str]) -> dict[str, str]:
@@ -200,10 +214,16 @@ def paired_by_trace(these: dict[str, list], those: dict[str, list]) -> dict | No
             "versus": float(np.nanmean([r[3] for r in those[t]]))} for t in common]
     for row in per:
         row["difference"] = row["this"] - row["versus"]
+        row["ratio_of_sums_this"] = ratio_of_sums(these[row["trace"]])
+        row["ratio_of_sums_versus"] = ratio_of_sums(those[row["trace"]])
+        row["ratio_of_sums_difference"] = row["ratio_of_sums_this"] - row["ratio_of_sums_versus"]
     diffs = [row["difference"] for row in per]
+    sum_diffs = [r["ratio_of_sums_difference"] for r in per if np.isfinite(r["ratio_of_sums_difference"])]
     return {"traces": len(per), "per_trace": per, "mean_this": float(np.mean([r["this"] for r in per])),
             "mean_versus": float(np.mean([r["versus"] for r in per])), "mean_difference": float(np.mean(diffs)),
-            "t_ci": t_interval(diffs)}
+            "t_ci": t_interval(diffs),
+            "ratio_of_sums": {"mean_difference": float(np.mean(sum_diffs)) if sum_diffs else None,
+                              "t_ci": t_interval(sum_diffs)}}
 
 
 def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:
@@ -238,12 +258,20 @@ def plot_pool(result: dict, out_png: Path, target: float = 0.6) -> Path:
                 lo, hi = traces["t_ci"]
                 ax.errorbar([x], [traces["mean"]], yerr=[[traces["mean"] - lo], [hi - traces["mean"]]], fmt="D",
                             color=colour, capsize=4)
+            sums = traces.get("ratio_of_sums") or {}
+            x = len(experiments) + 2 + offset
+            values = [t["ratio_of_sums"] for t in traces["per_trace"] if np.isfinite(t["ratio_of_sums"])]
+            ax.scatter([x] * len(values), values, s=14, color=colour, marker="^", alpha=0.7)
+            if sums.get("t_ci"):
+                lo, hi = sums["t_ci"]
+                ax.errorbar([x], [sums["mean"]], yerr=[[sums["mean"] - lo], [hi - sums["mean"]]], fmt="D",
+                            color=colour, capsize=4)
     ax.axhline(target, color="red", lw=0.8, ls="--", label=f"target {target:g}")
     ax.axhline(0.0, color="grey", lw=0.8)
     labels = [f"{Path(e['file']).stem.removeprefix('vllm_e2e_')}\n{e['tokens_per_s']:.0f} tok/s"
               if e.get("tokens_per_s") else Path(e["file"]).stem for e in experiments]
-    ax.set_xticks(range(len(experiments) + 2), labels + ["pooled\n(t 95 %)", "by trace\n(t over traces)"],
-                  fontsize=8)
+    ax.set_xticks(range(len(experiments) + 3), labels + ["pooled\n(t 95 %)", "by trace, mean\nof ratios",
+                                                          "by trace, ratio\nof sums"], fontsize=8)
     ax.set_ylabel(f"share of {result['ceiling']}'s mean-latency gain recovered")
     ax.set_title(f"load factor {result['load_factor']:g}: each dot one repeat"
                  + (" (speed-adjusted)" if result["speed_adjusted"] else ""), fontsize=9)
@@ -411,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("| by trace: mean of the traces' means [t 95 % over traces] | | "
           + " | ".join(fmt_traces(traces[k]) for k in names) + " |")
+    print("| by trace: mean of the traces' ratios of summed gains [t 95 % over traces] | | "
+          + " | ".join(fmt_traces(traces[k]["ratio_of_sums"]) for k in names) + " |")
     for k, v in (versus or {}).items():
         if v is None:
             print(f"--versus: no trace in both sets has {k}")
@@ -424,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}, paired by trace over {v['traces']} traces: {v['mean_this']:.2f} against "
               f"{v['mean_versus']:.2f}, difference {v['mean_difference']:+.2f} "
               + (f"[{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "(one trace)"))
+        rs = v["ratio_of_sums"]
+        if rs["mean_difference"] is not None:
+            print(f"  by the traces' ratios of summed gains: difference {rs['mean_difference']:+.2f} "
+                  + (f"[{rs['t_ci'][0]:+.2f}, {rs['t_ci'][1]:+.2f}]" if rs["t_ci"] else "(one trace)"))
     print("\nKendall's tau of the priorities sent against the served lengths (median over runs), and the capacity "
           "measured before each experiment:\n| experiment | tokens/s | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))

@@ -152,6 +152,34 @@ def test_by_trace_counts_a_trace_once(tmp_path, capsys):
     assert "traces=2" in capsys.readouterr().out
 
 
+def test_by_trace_ratio_of_sums_survives_a_repeat_whose_oracle_gain_vanished(tmp_path, capsys):
+    """Trace s0: repeat 0 recovers 6 of the oracle's 10 s (0.6); in repeat 1 the oracle gains only 0.1 s and
+    the ranker 1 s, a ratio of 10 (run S's seed 52). The mean of its ratios is 5.3; the ratio of its summed
+    gains is 7 / 10.1. Trace s1 recovers 0.6 in both repeats."""
+    def write(name: str, seed: int, means: dict[str, list[float]]) -> str:
+        r = report(3.0, 2.0, means)
+        r["trace"] = {"seed": seed}
+        for run in r["runs"]:
+            run["trace_sha"] = f"sha{seed}"
+        (tmp_path / name).write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    paths = [write("s0.json", 0, {"fcfs": [20.0, 20.0], "oracle": [10.0, 19.9], "pars@1000": [14.0, 19.0]}),
+             write("s1.json", 1, {"fcfs": [15.0, 15.0], "oracle": [10.0, 10.0], "pars@1000": [12.0, 12.0]})]
+    out = tmp_path / "pool.json"
+    assert pool.main([*paths, "--load-factor", "2", "--out", str(out)]) == 0
+    traces = json.loads(out.read_text())["by_trace"]["pars@1000"]
+    per = {t["trace"]: t for t in traces["per_trace"]}
+    assert per["seed 0 (sha0)"]["mean"] == pytest.approx(5.3)
+    assert per["seed 0 (sha0)"]["ratio_of_sums"] == pytest.approx(7 / 10.1)
+    assert per["seed 1 (sha1)"]["ratio_of_sums"] == pytest.approx(0.6)
+    sums = traces["ratio_of_sums"]
+    assert sums["traces"] == 2 and sums["mean"] == pytest.approx((7 / 10.1 + 0.6) / 2)
+    assert sums["t_ci"][0] < sums["mean"] < sums["t_ci"][1]
+    assert traces["mean"] == pytest.approx((5.3 + 0.6) / 2)  # the mean of ratios, dragged by one repeat
+    assert "ratios of summed gains" in capsys.readouterr().out
+
+
 def test_experiments_without_a_trace_digest_are_traces_of_their_own(tmp_path):
     a = report(3.0, 2.0, {"fcfs": [20.0], "oracle": [10.0], "pars@60": [14.0]})
     (tmp_path / "a.json").write_text(json.dumps(a))
@@ -239,6 +267,8 @@ def test_difference_pairs_two_policies_of_the_same_runs_by_trace(tmp_path, capsy
     assert {r["trace"]: r["difference"] for r in diff["per_trace"]} == {
         "seed 0 (sha0)": pytest.approx(0.2), "seed 1 (sha1)": pytest.approx(-0.1)}
     assert diff["mean_difference"] == pytest.approx(0.05) and diff["mean_versus"] == pytest.approx(0.575)
+    # equal oracle gains in every repeat: the traces' ratios of sums differ as their means do
+    assert diff["ratio_of_sums"]["mean_difference"] == pytest.approx(0.05)
     assert "difference +0.05" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         pool.main([*paths, "--load-factor", "2", "--difference", "pars[x]@1000", "pars[z]@1000"])
