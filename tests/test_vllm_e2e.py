@@ -2,11 +2,12 @@
 
 The stand-in simulates vLLM's priority scheduler: `SLOTS` running requests at most; the others wait in a
 queue ordered by (priority, arrival); a running request holds its slot for max_tokens x PER_TOKEN_S; no
-preemption. The trace is built to be congested with big margins: a few long answers among many short ones,
-a long one first (the seed is chosen for it), and all arriving within a fraction of that first answer's
-service time, so every request queues and shortest-first beats FCFS by a wide factor (about 0.4x) whatever
-the machine's load; the only timing assertion is that ordering, at 0.75x. Real gateways (in threads)
-sit in front of it for the fcfs-gw and pars@W policies, with a stand-in /score_batch.
+preemption. The trace is a few long answers among many short ones, a long one first (the seed is chosen for
+it). In the end-to-end test the stand-in holds each run's requests until the whole trace has arrived, so the
+order it serves them in is decided by the priorities sent alone, and the test asserts that order, not a
+latency: an earlier version asserted oracle < 0.75x FCFS's mean latency and failed once in CI when the
+machine stalled for a few hundred ms mid-run. Real gateways (in threads) sit in front of it for the fcfs-gw
+and pars@W policies, with a stand-in /score_batch.
 """
 
 from __future__ import annotations
@@ -57,14 +58,23 @@ e2e = load_benchmark("vllm_e2e")
 
 
 class StandInVLLM:
-    """vLLM's priority scheduler, simulated: slots, a (priority, arrival) waiting queue, no preemption."""
+    """vLLM's priority scheduler, simulated: slots, a (priority, arrival) waiting queue, no preemption.
 
-    def __init__(self, slots: int, per_token_s: float) -> None:
+    With `batch`, requests of more than one token are held until `batch` of them have arrived (or 5 s have
+    passed), then admitted by (priority, arrival): every request of a run waits in the queue at once, so the
+    order it is served in depends on the priorities sent alone, not on when the machine got to each one.
+    `served` records (priority, max_tokens) of each admitted request of more than one token, in order."""
+
+    def __init__(self, slots: int, per_token_s: float, batch: int | None = None) -> None:
         self.free = slots
         self.per_token_s = per_token_s
-        self.waiting: list[tuple[int, int, asyncio.Future]] = []
+        self.batch = batch
+        self.held = 0  # requests of the batch now forming, held back until it is complete
+        self.batches = 0  # batches opened so far
+        self.waiting: list[tuple[int, int, asyncio.Future, int]] = []
         self.seq = itertools.count()
         self.received: list[dict] = []
+        self.served: list[tuple[int, int]] = []
         self.app = Starlette(routes=[Route("/v1/completions", self.completions, methods=["POST"]),
                                      Route("/v1/models", self.models, methods=["GET"]),
                                      Route("/health", self.health, methods=["GET"])])
@@ -75,19 +85,36 @@ class StandInVLLM:
     async def health(self, request: Request) -> Response:
         return Response(status_code=200)
 
-    async def acquire(self, priority: int) -> None:
-        if self.free > 0 and not self.waiting:
+    def open_batch(self, number: int) -> None:
+        if number == self.batches:  # not already opened (the last arrival and the timer both call this)
+            self.batches += 1
+            self.held = 0
+            self.dispatch()
+
+    def dispatch(self) -> None:
+        while self.free > 0 and self.waiting and not self.held:
+            priority, _, future, n = heapq.heappop(self.waiting)
             self.free -= 1
-            return
+            if n > 1:
+                self.served.append((priority, n))
+            future.set_result(None)
+
+    async def acquire(self, priority: int, n: int) -> None:
         future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self.waiting, (priority, next(self.seq), future))
-        await future  # the slot is handed over by release()
+        heapq.heappush(self.waiting, (priority, next(self.seq), future, n))
+        if self.batch and n > 1:
+            self.held += 1
+            number = self.batches
+            if self.held == 1:  # a safety net: a run whose requests do not all come still gets served
+                asyncio.get_running_loop().call_later(5.0, self.open_batch, number)
+            if self.held == self.batch:
+                self.open_batch(number)
+        self.dispatch()
+        await future  # the slot is handed over by dispatch()
 
     def release(self) -> None:
-        if self.waiting:
-            heapq.heappop(self.waiting)[2].set_result(None)
-        else:
-            self.free += 1
+        self.free += 1
+        self.dispatch()
 
     async def completions(self, request: Request) -> Response:
         body = await request.json()
@@ -95,7 +122,7 @@ class StandInVLLM:
         self.received.append({"priority": body.get("priority"), "max_tokens": n, "prompt": body["prompt"],
                               "ignore_eos": body.get("ignore_eos")})
         usage = {"prompt_tokens": 3, "completion_tokens": n, "total_tokens": n + 3}
-        await self.acquire(int(body.get("priority", 0)))
+        await self.acquire(int(body.get("priority", 0)), n)
         if not body.get("stream"):
             try:
                 await asyncio.sleep(n * self.per_token_s)
@@ -186,7 +213,7 @@ def test_probe_only_measures_the_gateway_without_runs(data, model_dir, tmp_path,
 
 
 def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
-    vllm = StandInVLLM(SLOTS, PER_TOKEN_S)
+    vllm = StandInVLLM(SLOTS, PER_TOKEN_S, batch=N_LONG + N_SHORT)
     predictor = StandInPredictor()
     with ExitStack() as stack:
         vurl = stack.enter_context(serve(vllm.app))
@@ -241,15 +268,28 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
     # What the stand-in received: ignore_eos everywhere, the harness's priorities, the gateway's for pars.
     assert all(r["ignore_eos"] for r in vllm.received if r["max_tokens"] > 1)
 
+    # The order the stand-in served each run in (runs go one after another, each a held batch of the whole
+    # trace): what the priorities sent decide, whatever the machine's speed.
+    n = N_LONG + N_SHORT
+    assert len(vllm.served) == len(report["runs"]) * n
+    for k, run in enumerate(report["runs"]):
+        served = vllm.served[k * n:(k + 1) * n]
+        tokens = [t for _, t in served]
+        if run["policy"] in ("oracle", "oracle-gw"):  # shortest true length first
+            assert tokens == sorted(tokens), (run["policy"], tokens)
+        if run["policy"] == "pars@1000":  # every short answer before every long one
+            assert max(tokens[:N_SHORT]) < CAP and min(tokens[N_SHORT:]) == CAP, tokens
+        if run["policy"] == "fcfs":  # all priorities equal: arrival order, which opens with a long answer
+            assert {p for p, _ in served} == {0} and sorted(tokens) != tokens
+
     rows = {(r["rate"], r["policy"]): r for r in report["summary"]}
     for rate in RATES:
         fcfs, oracle = rows[(rate, "fcfs")], rows[(rate, "oracle")]
-        # The one timing assertion, with a wide margin (expected about 0.4x here).
-        assert oracle["latency_mean_s"] < 0.75 * fcfs["latency_mean_s"], (oracle, fcfs)
-        for key in ("latency_p50_s", "latency_p90_s", "latency_p99_s", "per_token_mean_ms", "throughput_rps"):
-            assert oracle[key] is not None and fcfs[key] is not None
+        for key in ("latency_mean_s", "latency_p50_s", "latency_p90_s", "latency_p99_s", "per_token_mean_ms",
+                    "throughput_rps"):
+            assert oracle[key] > 0 and fcfs[key] > 0
         assert "ratio_mean" not in fcfs
-        assert oracle["ratio_mean"]["mean"] < 1 and len(oracle["ratio_mean"]["t_ci"]) == 2
+        assert oracle["ratio_mean"]["mean"] > 0 and len(oracle["ratio_mean"]["t_ci"]) == 2
         assert len(oracle["ratio_mean"]["bootstrap_ci"]) == 2
         pars = rows[(rate, "pars@1000")]
         assert set(pars["oracle_gain_recovered"]) >= {"per_repeat", "mean", "t_ci", "bootstrap_ci"}
