@@ -32,8 +32,8 @@ from pars.jsonio import write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from e2e_pool import rate_of, trace_key  # noqa: E402
-from vllm_e2e import pars_window, t_interval  # noqa: E402
+from e2e_pool import over_traces, rate_of, trace_key  # noqa: E402
+from vllm_e2e import pars_window  # noqa: E402
 
 # (mean s, p99 s) of one run, by policy and by (experiment, repeat)
 Runs = dict[str, dict[tuple[str, int], tuple[float, float]]]
@@ -66,11 +66,6 @@ def per_trace(runs: Runs, policy: str, reference: str, baseline: str) -> dict | 
             "reference_gain_s": reference_gained / len(keys)}
 
 
-def pooled(values: Sequence[float]) -> dict:
-    finite = [v for v in values if np.isfinite(v)]
-    return {"traces": len(finite), "mean": float(np.mean(finite)) if finite else None, "t_ci": t_interval(finite)}
-
-
 def tradeoff(traces: dict[str, Runs], baseline: str, p99_target: float, kept_target: float) -> list[dict]:
     """Per ranker and W: the per-trace values and their means over traces, and whether the target is met."""
     names = sorted({p for runs in traces.values() for p in runs if pars_window(p)},
@@ -84,7 +79,7 @@ def tradeoff(traces: dict[str, Runs], baseline: str, p99_target: float, kept_tar
         reference = largest[ranker]
         per = {t: v for t, runs in traces.items() if (v := per_trace(runs, p, reference, baseline)) is not None}
         row = {"policy": p, "ranker": ranker, "window_s": w, "reference": reference, "per_trace": per,
-               **{k: pooled([v[k] for v in per.values()]) for k in ("p99_ratio", "mean_ratio", "gain_kept")}}
+               **{k: over_traces([v[k] for v in per.values()]) for k in ("p99_ratio", "mean_ratio", "gain_kept")}}
         p99, kept = row["p99_ratio"]["mean"], row["gain_kept"]["mean"]
         row["meets_target"] = (p != reference and p99 is not None and kept is not None
                                and p99 <= p99_target and kept >= kept_target)

@@ -140,6 +140,12 @@ def ratio_of_sums(rows: Sequence[tuple[int, float, float, float]]) -> float:
     return sum(r[1] for r in rows) / oracle_gains if oracle_gains else float("nan")
 
 
+def over_traces(values: Sequence[float]) -> dict:
+    """The finite values' count, mean and t 95 % interval: one number per trace, pooled over traces."""
+    finite = [v for v in values if np.isfinite(v)]
+    return {"traces": len(finite), "mean": float(np.mean(finite)) if finite else None, "t_ci": t_interval(finite)}
+
+
 def by_trace(rows_of: dict[str, list[tuple[int, float, float, float]]]) -> dict:
     """Recovery per trace, over every experiment that replayed it, two ways: the mean of its repeats' ratios
     (`mean`), and the ratio of its summed gains (`ratio_of_sums`), and each's mean with a t interval over
@@ -151,11 +157,8 @@ def by_trace(rows_of: dict[str, list[tuple[int, float, float, float]]]) -> dict:
             "ratio_of_sums": ratio_of_sums(rows)}
            for key, rows in rows_of.items() if rows]
     means = [t["mean"] for t in per]
-    sums = [t["ratio_of_sums"] for t in per if np.isfinite(t["ratio_of_sums"])]
     return {"traces": len(per), "per_trace": per, "mean": float(np.mean(means)) if means else None,
-            "t_ci": t_interval(means),
-            "ratio_of_sums": {"traces": len(sums), "mean": float(np.mean(sums)) if sums else None,
-                              "t_ci": t_interval(sums)}}
+            "t_ci": t_interval(means), "ratio_of_sums": over_traces([t["ratio_of_sums"] for t in per])}
 
 
 def parse_same(items: Sequence[str]) -> dict[str, str]:
