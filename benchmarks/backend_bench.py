@@ -36,14 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pars.eval.rank_metrics import kendall_tau
+from pars.model.backends import BACKENDS, load_inference_model
+from pars.model.ranker import load_tokenizer
+from pars.model.scoring import PromptScorer
+from pars.serving.settings import physical_cores
 
-from pars.backends import BACKENDS, load_inference_model  # noqa: E402
-from pars.metrics import kendall_tau  # noqa: E402
-from pars.model import load_tokenizer  # noqa: E402
-from pars.scoring import PromptScorer  # noqa: E402
-from pars.serving.settings import physical_cores  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 # torch at the service's PREDICTOR_DTYPE choices; "torch" (fp32) is the reference of every comparison
 TORCH_DTYPES = {"torch": torch.float32, "torch-float16": torch.float16, "torch-bfloat16": torch.bfloat16}

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from pars.common.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "gateway_bench.json"
@@ -61,12 +62,6 @@ def stand_in_app(kind: str):
     if kind == "upstream":
         return Starlette(routes=[Route("/v1/completions", completions, methods=["POST"])])
     return Starlette(routes=[Route("/score_batch", score_batch, methods=["POST"])])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[subprocess.Popen, str]:

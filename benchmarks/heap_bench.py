@@ -33,7 +33,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from _common import load_average, rss_mib
+from pars.common.processes import load_average, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
 POLICIES = ("default", "mmap-64k", "mmap-4m", "trim")
@@ -42,11 +42,9 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 
 def child(args: argparse.Namespace) -> None:
     """One policy in this process: print one JSON line."""
-    sys.path.insert(0, str(ROOT))
     import torch
 
-    from pars.serving.app import load_scorer
-    from pars.serving.batcher import InferenceEngine
+    from pars.serving.engine import InferenceEngine, load_scorer
     from pars.serving.observability import Metrics
     from pars.serving.settings import Settings
 

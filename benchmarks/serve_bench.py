@@ -37,12 +37,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import free_port, rss_mib
 
-from pars.httpclient import pool_limits
+from pars.common.httpclient import pool_limits
+from pars.common.processes import free_port, rss_mib
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def load_prompts(path: Path, limit: int | None, seed: int) -> list[str]:
@@ -62,9 +61,9 @@ def in_process_scorer(args, backend: str, warmup: list[str]):
     """The ranker in this process, as the service would load it, warmed up on `warmup`."""
     import torch
 
-    from pars.backends import load_inference_model
-    from pars.model import load_tokenizer
-    from pars.scoring import PromptScorer
+    from pars.model.backends import load_inference_model
+    from pars.model.ranker import load_tokenizer
+    from pars.model.scoring import PromptScorer
     from pars.serving.settings import physical_cores
 
     threads = args.threads or physical_cores()

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from _common import free_port, rss_mib, stop_process
 from tqdm import tqdm
 
-from pars.httpclient import pool_limits
+from pars.common.httpclient import pool_limits
+from pars.common.processes import free_port, rss_mib, stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -44,7 +44,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "predictor_train" / "scripts" / "train_pairwise_bert.py"
-sys.path.insert(0, str(ROOT))
 
 
 # trainer flags of each mode

@@ -1,11 +1,11 @@
 """Seconds per training step of the fast path's ungrouped batches, under variants that might make it faster.
 
 One optimizer step as `--batching fast --no-group-by-prompt --no-group-by-length` takes it: a batch's
-distinct prompts (2 per pair) cut into length-sorted passes by pars/padding.py, forward and backward
+distinct prompts (2 per pair) cut into length-sorted passes by pars/model/padding.py, forward and backward
 through the ranker, margin ranking loss, AdamW. Variants, interleaved on the same batches:
 
 - passes: at most N passes per batch, each extra one counted as M padded tokens (`--passes 4:64,8:16`;
-  the trainer uses pars/pairdata.py's MAX_PASSES:SPLIT_MIN_SAVED_TOKENS, 4:64);
+  the trainer uses pars/train/pairdata.py's MAX_PASSES:SPLIT_MIN_SAVED_TOKENS, 4:64);
 - `--compile`: the same with the ranker's score function under torch.compile (its compile time reported
   apart, the first step excluded);
 - `--fused-adamw`: the same with AdamW's fused kernel (the trainer's default `--optim adamw_torch_fused`)
@@ -34,12 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pars.model import precision
+from pars.model.ranker import PairwiseRanker, load_tokenizer
+from pars.train.pairdata import TokenTable, split_sorted
 
-from pars import precision  # noqa: E402
-from pars.model import PairwiseRanker, load_tokenizer  # noqa: E402
-from pars.pairdata import TokenTable, split_sorted  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,7 +58,7 @@ def make_rows(n: int, seed: int) -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """train/val pair files and val_data.json for the tiny model, made with the project's pairing rule."""
-    from pars.pairs import make_pairs
+    from pars.data.pairs import make_pairs
 
     out = tmp_path_factory.mktemp("tiny-data")
     train_rows, val_rows = make_rows(60, 1), make_rows(20, 2)
@@ -76,7 +76,8 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
     """A ranker checkpoint (tiny encoder, seeded fc) for the serving tests."""
-    from pars.model import PairwiseRanker, save_checkpoint
+    from pars.model.checkpoint import save_checkpoint
+    from pars.model.ranker import PairwiseRanker
 
     torch.manual_seed(7)
     path = tmp_path_factory.mktemp("ckpt") / "best_model.pt"
@@ -89,8 +90,8 @@ def direct(tiny_model_dir, checkpoint):
     """The same checkpoint scored in-process: what the service's answers must equal."""
     from transformers import AutoTokenizer
 
-    from pars.model import load_ranker
-    from pars.scoring import PromptScorer
+    from pars.model.checkpoint import load_ranker
+    from pars.model.scoring import PromptScorer
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     return PromptScorer(load_ranker(str(tiny_model_dir), checkpoint), tokenizer, max_length=128, device="cpu")

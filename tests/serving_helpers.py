@@ -1,12 +1,10 @@
-"""Starting the predictor service under uvicorn on a free loopback port, for the serving tests; the
-benchmark harnesses as modules; a stand-in /score_batch."""
+"""Starting the predictor service under uvicorn on a free loopback port, for the serving tests; a stand-in
+/score_batch."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from pars.common.processes import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Prompts of mixed lengths, for scoring tests (batched with strangers, alone, over HTTP).
@@ -35,12 +35,6 @@ PROMPTS = [
     "summarize the history",
     "what is a function in python and how do i write one with many steps",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess(subprocess.Popen):
@@ -83,6 +77,20 @@ def wait_ready(proc: subprocess.Popen, url: str, timeout: float = 90.0) -> None:
 
 
 @contextmanager
+def running_server(env: dict[str, str]):
+    """The service started with `env` and ready, as its URL; stopped afterwards, and then its log must hold no
+    unhandled error (one the client saw only as a 4xx is still a finding)."""
+    proc, url = start_server(env)
+    try:
+        wait_ready(proc, url)
+        yield url
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    assert "Exception in ASGI application" not in out, out[-3000:]
+
+
+@contextmanager
 def serve(app):
     """`app` under uvicorn on a free loopback port, in a thread; yields its base URL."""
     port = free_port()
@@ -99,18 +107,6 @@ def serve(app):
     finally:
         server.should_exit = True
         thread.join(timeout=30)
-
-
-def load_benchmark(name: str):
-    """benchmarks/<name>.py (a script, not a package) as a module, loaded once per test session."""
-    if name not in sys.modules:
-        if str(ROOT / "benchmarks") not in sys.path:  # as when run as a script: their shared _common module
-            sys.path.insert(0, str(ROOT / "benchmarks"))
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses look their module up by name
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 class StandInPredictor:

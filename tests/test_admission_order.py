@@ -1,4 +1,4 @@
-"""benchmarks/admission_order.py: admissions dated from TTFT, inversions of vLLM's (priority, arrival) order
+"""experiments/admission_order.py: admissions dated from TTFT, inversions of vLLM's (priority, arrival) order
 counted on hand-made runs."""
 
 from __future__ import annotations
@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from serving_helpers import load_benchmark
 
-adm = load_benchmark("admission_order")
+from experiments import admission_order as adm
 
 
 def req(i: int, sent: float, ttft: float, priority: int, score_ms: float | None = None) -> dict:

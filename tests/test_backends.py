@@ -8,13 +8,14 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from serving_helpers import PROMPTS, load_benchmark, start_server, wait_ready
+from serving_helpers import PROMPTS, start_server, wait_ready
 from transformers import AutoTokenizer
 
-from pars.backends import GRAPH_FILE, cache_key, load_onnx_ranker
-from pars.errors import PARSError
-from pars.model import PairwiseRanker, load_ranker, save_checkpoint
-from pars.scoring import PromptScorer
+from pars.common.errors import PARSError
+from pars.model.backends import GRAPH_FILE, cache_key, load_onnx_ranker
+from pars.model.checkpoint import load_ranker, save_checkpoint
+from pars.model.ranker import PairwiseRanker
+from pars.model.scoring import PromptScorer
 
 pytest.importorskip("onnxruntime")
 
@@ -99,7 +100,7 @@ def test_service_on_the_onnx_backend_answers_torch_scores(tiny_model_dir, checkp
 
 
 def test_backend_bench_compares_half_precision_with_fp32(tiny_model_dir, checkpoint, tmp_path):
-    bb = load_benchmark("backend_bench")
+    from benchmarks import backend_bench as bb
     data = tmp_path / "val_data.json"
     data.write_text(json.dumps([{"prompt": p, "answer_length": 10 * (i + 1)} for i, p in enumerate(PROMPTS)]))
     out = tmp_path / "bb"

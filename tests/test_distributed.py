@@ -10,8 +10,8 @@ from pathlib import Path
 
 from test_train_fast import no_dropout_copy
 
-from pars import train
-from pars.model import read_state_dict
+from pars.model.checkpoint import read_state_dict
+from pars.train import loop as train
 
 ROOT = Path(__file__).resolve().parents[1]
 OUTPUTS = {"best_model.pt", "last_model.pt", "metrics.json", "training_curves.png"}

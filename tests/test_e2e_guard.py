@@ -1,4 +1,4 @@
-"""benchmarks/e2e_guard.py: the guard's trade-off per trace and pooled over traces, against numbers worked out
+"""experiments/e2e_guard.py: the guard's trade-off per trace and pooled over traces, against numbers worked out
 by hand."""
 
 from __future__ import annotations
@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from serving_helpers import load_benchmark
 
-guard = load_benchmark("e2e_guard")
+from experiments import e2e_guard as guard
 
 
 def report(seed: int, runs: dict[str, list[tuple[float, float]]], rate: float = 3.0) -> dict:

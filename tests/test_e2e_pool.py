@@ -1,4 +1,4 @@
-"""benchmarks/e2e_pool.py: per-repeat recoveries taken within each experiment, pooled across experiments by
+"""experiments/e2e_pool.py: per-repeat recoveries taken within each experiment, pooled across experiments by
 load factor, checked against numbers worked out by hand."""
 
 from __future__ import annotations
@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from serving_helpers import load_benchmark
 
-pool = load_benchmark("e2e_pool")
+from experiments import e2e_pool as pool
 
 
 def report(rate: float, lf: float, means: dict[str, list[float]], speeds: dict[str, list[float]] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""benchmarks/e2e_replay.py: an experiment's runs replayed through the scheduler model with the priorities they
+"""experiments/e2e_replay.py: an experiment's runs replayed through the scheduler model with the priorities they
 sent, on a case worked out by hand (the one of tests/test_sched_sim.py)."""
 
 from __future__ import annotations
@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from serving_helpers import load_benchmark
 
-replay = load_benchmark("e2e_replay")
+from experiments import e2e_replay as replay
 
 # One slot; A (3 tokens) sent at 0, B (2) and C (1) at 0.5. A measured capacity of 1 token/s with one slot
 # makes the model's step exactly 1 s.

@@ -1,4 +1,4 @@
-"""benchmarks/e2e_speed.py: real recovery against the scheduler model at three server speeds per run, on the
+"""experiments/e2e_speed.py: real recovery against the scheduler model at three server speeds per run, on the
 hand-made case of tests/test_e2e_replay.py (one slot, a 1 s step at the measured capacity)."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from serving_helpers import load_benchmark
 
-speed = load_benchmark("e2e_speed")
+from experiments import e2e_replay
+from experiments import e2e_speed as speed
 
 SENT = [0.0, 0.5, 0.5]
 TOKENS = [3, 2, 1]
@@ -68,7 +68,7 @@ def test_not_a_report_is_a_one_line_error(tmp_path, capsys):
 
 def test_speed_factors_are_bisected_once_per_run(monkeypatch):
     """per-run and equal share each run's factor: 3 runs bisected once each, with the same results."""
-    replay_mod = load_benchmark("e2e_replay")
+    replay_mod = e2e_replay
     want = speed.experiment(report("1", ORACLE_AT_2), 0.0, {})
     calls = []
     real = replay_mod.speed_factor

@@ -15,13 +15,14 @@ import pytest
 import torch
 from scipy import stats
 
-from pars import evaluate
-from pars.baselines import TfidfRidgeBaseline, prompt_char_lengths, prompt_token_lengths
-from pars.errors import PARSError, run_cli
-from pars.model import PairwiseRanker, load_ranker, load_tokenizer, save_checkpoint
-from pars.pairs import make_pairs
-from pars.plots import plot_training_curves
-from pars.scoring import PromptScorer
+from pars.common.errors import PARSError, run_cli
+from pars.data.pairs import make_pairs
+from pars.eval import evaluate
+from pars.eval.baselines import TfidfRidgeBaseline, prompt_char_lengths, prompt_token_lengths
+from pars.model.checkpoint import load_ranker, save_checkpoint
+from pars.model.ranker import PairwiseRanker, load_tokenizer
+from pars.model.scoring import PromptScorer
+from pars.train.curves import plot_training_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

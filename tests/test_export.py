@@ -6,10 +6,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from pars import export
-from pars.errors import PARSError
-from pars.model import PairwiseRanker, is_exported_dir, load_ranker, save_checkpoint
-from pars.scoring import PromptScorer
+from pars.common.errors import PARSError
+from pars.model import export
+from pars.model.checkpoint import is_exported_dir, load_ranker, save_checkpoint
+from pars.model.ranker import PairwiseRanker
+from pars.model.scoring import PromptScorer
 
 PROMPTS = ["write a long detailed essay about rome", "yes", "give me python code for a proof please"]
 
@@ -35,7 +36,7 @@ def test_exported_logits_equal_checkpoint_scores(tiny_model_dir, tmp_path):
 def test_exported_directory_loads_as_the_ranker(tiny_model_dir, tmp_path):
     """load_ranker (what the service, the evaluator and export use) takes the exported directory as the
     checkpoint, or as the model name, and scores exactly as the .pt checkpoint."""
-    from pars.serving.app import load_scorer
+    from pars.serving.engine import load_scorer
     from pars.serving.settings import Settings
 
     torch.manual_seed(12)

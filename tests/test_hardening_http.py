@@ -13,7 +13,7 @@ import time
 
 import httpx
 import pytest
-from serving_helpers import start_server, wait_ready
+from serving_helpers import running_server
 
 BODY_TIMEOUT_S = 2.0
 JSON = {"content-type": "application/json"}
@@ -21,16 +21,10 @@ JSON = {"content-type": "application/json"}
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, checkpoint):
-    proc, url = start_server({"PREDICTOR_MODEL_PATH": str(checkpoint), "PREDICTOR_MODEL_NAME": str(tiny_model_dir),
-                              "PREDICTOR_DEVICE": "cpu", "PREDICTOR_NUM_THREADS": "1",
-                              "PREDICTOR_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)})
-    try:
-        wait_ready(proc, url)
+    with running_server({"PREDICTOR_MODEL_PATH": str(checkpoint), "PREDICTOR_MODEL_NAME": str(tiny_model_dir),
+                         "PREDICTOR_DEVICE": "cpu", "PREDICTOR_NUM_THREADS": "1",
+                         "PREDICTOR_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S)}) as url:
         yield url
-    finally:
-        proc.terminate()
-        out, _ = proc.communicate(timeout=30)
-        assert "Exception in ASGI application" not in out, out[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pars import jsonio
+from pars.common import jsonio
 from pars.data import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_exception_mid_write_leaves_old_outputs_and_no_partial_files(first_run, 
 
 KILLER = """
 import json, os, signal, sys
-from pars import jsonio
+from pars.common import jsonio
 from pars.data import preprocess
 
 real_dump, count = json.dump, [0]

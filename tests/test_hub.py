@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pars import hub
-from pars.errors import PARSError
+from pars.common import hub
+from pars.common.errors import PARSError
 
 
 def test_offline_alias_resolves_to_verified_package_dir():

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pars.metrics import kendall_tau, pairwise_accuracy, spearman_rho
+from pars.eval.rank_metrics import kendall_tau, pairwise_accuracy, spearman_rho
 
 
 def test_kendall_tau_perfect_and_reversed_order():
@@ -73,7 +73,7 @@ def test_pairwise_accuracy_extremes_and_errors():
 def test_kendall_tau_difference_paired_bootstrap():
     import random
 
-    from pars.metrics import kendall_tau_difference
+    from pars.eval.rank_metrics import kendall_tau_difference
 
     rng = random.Random(0)
     lengths = [rng.random() for _ in range(200)]

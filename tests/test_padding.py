@@ -1,4 +1,4 @@
-"""pars/padding.py: the cheapest cut of length-sorted prompts into forward passes, against brute force."""
+"""pars/model/padding.py: the cheapest cut of length-sorted prompts into forward passes, against brute force."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pars.padding import plan_passes
+from pars.model.padding import plan_passes
 
 
 def cost(lengths, spans, overhead):

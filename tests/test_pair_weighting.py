@@ -1,4 +1,4 @@
-"""Length-weighted ranking: the metric (pars.metrics.length_weighted_tau) and the loss weights
+"""Length-weighted ranking: the metric (pars.eval.rank_metrics.length_weighted_tau) and the loss weights
 (--pair-weighting length-diff)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from pars import train
-from pars.errors import PARSError
-from pars.metrics import length_weighted_tau
-from pars.pairdata import pair_weights, weighted_margin_loss
+from pars.common.errors import PARSError
+from pars.eval.rank_metrics import length_weighted_tau
+from pars.train import loop as train
+from pars.train.losses import pair_weights, weighted_margin_loss
 from tests.test_train import train_args
 
 
@@ -114,8 +114,9 @@ def test_select_by_length_weighted_tau(tiny_model_dir, tiny_data, tmp_path):
     best_epoch = weighted.index(max(weighted))
     assert metrics["best_val_kendall_tau"] == metrics["history"][best_epoch]["val_kendall_tau"]
     # the last epoch's value is the metric of last_model.pt's scores on the val rows
-    from pars.model import load_ranker, load_tokenizer
-    from pars.scoring import PromptScorer
+    from pars.model.checkpoint import load_ranker
+    from pars.model.ranker import load_tokenizer
+    from pars.model.scoring import PromptScorer
 
     scorer = PromptScorer(load_ranker(str(tiny_model_dir), str(tmp_path / "last_model.pt")),
                           load_tokenizer(str(tiny_model_dir)), device="cpu")

@@ -2,12 +2,12 @@ import random
 
 import pytest
 
-from pars.errors import PARSError
-from pars.pairs import check_threshold, make_pairs, pair_file_name, relative_length_diff
+from pars.common.errors import PARSError
+from pars.data.pairs import check_threshold, make_pairs, pair_file_name, relative_length_diff
 
 
 def reference_pairs(rows, num_pairs, threshold, seed):
-    """The original release's rule, restated independently of pars.pairs."""
+    """The original release's rule, restated independently of pars.data.pairs."""
     rng = random.Random(seed)
     out = []
     for i, a in enumerate(rows):
@@ -85,7 +85,7 @@ def test_atomic_json_write_replaces_whole_file_with_normal_mode(tmp_path):
     import os
     import stat
 
-    from pars.jsonio import write_json_atomic, write_json_files_atomic
+    from pars.common.jsonio import write_json_atomic, write_json_files_atomic
 
     target = tmp_path / "out.json"
     write_json_atomic({"a": 1}, target)

@@ -1,4 +1,4 @@
-"""Mean pooling (pars/model.py): the same pooling in training, evaluation, ONNX export and serving."""
+"""Mean pooling (pars/model/ranker.py): the same pooling in training, evaluation, ONNX export and serving."""
 
 from __future__ import annotations
 
@@ -10,14 +10,16 @@ import torch
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
-from pars import evaluate, train
-from pars.backends import cache_key, load_onnx_ranker
-from pars.errors import PARSError
-from pars.export import to_sequence_classification
-from pars.model import PairwiseRanker, load_ranker
-from pars.scoring import PromptScorer
-from pars.serving.app import load_scorer
+from pars.common.errors import PARSError
+from pars.eval import evaluate
+from pars.model.backends import cache_key, load_onnx_ranker
+from pars.model.checkpoint import load_ranker
+from pars.model.export import to_sequence_classification
+from pars.model.ranker import PairwiseRanker
+from pars.model.scoring import PromptScorer
+from pars.serving.engine import load_scorer
 from pars.serving.settings import Settings
+from pars.train import loop as train
 
 PROMPTS = ["write a long detailed essay about the sea", "yes", "give a one word answer please now"]
 

@@ -15,8 +15,8 @@ import pytest
 from datasets import Dataset
 
 from pars.data import preprocess
+from pars.data.pairs import make_pairs
 from pars.data.sharegpt import ArrayReadStats, iter_complete_items
-from pars.pairs import make_pairs
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = random.Random(0)

@@ -1,11 +1,11 @@
-"""benchmarks/sched_sim.py: the scheduler model behaves like vLLM's priority queue, by hand-checked cases."""
+"""experiments/sched_sim.py: the scheduler model behaves like vLLM's priority queue, by hand-checked cases."""
 
 from __future__ import annotations
 
 import pytest
-from serving_helpers import load_benchmark
 
-sim = load_benchmark("sched_sim")
+from experiments import sched_sim as sim
+from experiments.lib.scheduler import simulate
 
 # One slot, one second per step: A (3 tokens) arrives at 0, B (2) and C (1) at 0.5 while A runs.
 ARRIVALS = [0.0, 0.5, 0.5]
@@ -13,7 +13,7 @@ TOKENS = [3, 2, 1]
 
 
 def run(priorities, slots=1):
-    return list(sim.simulate(ARRIVALS, TOKENS, [5, 5, 5], priorities, slots, 0.0, 1000.0, 0.0))
+    return list(simulate(ARRIVALS, TOKENS, [5, 5, 5], priorities, slots, 0.0, 1000.0, 0.0))
 
 
 def test_fcfs_serves_by_arrival_and_no_preemption():
@@ -35,7 +35,7 @@ def test_slots_run_in_parallel_and_steps_cost_per_sequence():
 
 def test_context_cost_grows_with_prompt_and_tokens_made():
     # A alone: its steps attend over 5 prompt tokens, then 5 + 1: 1 s + 100 ms per context token each
-    lat = sim.simulate([0.0], [2], [5], [0], 1, 0.0, 1000.0, 0.0, context_ms_per_token=100.0)
+    lat = simulate([0.0], [2], [5], [0], 1, 0.0, 1000.0, 0.0, context_ms_per_token=100.0)
     assert list(lat) == pytest.approx([1.5 + 1.6])
 
 

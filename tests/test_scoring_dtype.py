@@ -10,9 +10,9 @@ import torch
 from serving_helpers import PROMPTS, start_server, wait_ready
 from transformers import AutoTokenizer
 
-from pars.errors import PARSError
-from pars.model import load_ranker
-from pars.scoring import PromptScorer
+from pars.common.errors import PARSError
+from pars.model.checkpoint import load_ranker
+from pars.model.scoring import PromptScorer
 
 
 @pytest.fixture()

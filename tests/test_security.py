@@ -22,9 +22,9 @@ import pytest
 import torch
 from serving_helpers import start_server, wait_ready
 
-from pars import hub
-from pars.errors import PARSError
-from pars.model import read_state_dict
+from pars.common import hub
+from pars.common.errors import PARSError
+from pars.model.checkpoint import read_state_dict
 
 # --- pickled code in a checkpoint -------------------------------------------------------------------------
 
@@ -214,7 +214,7 @@ def test_added_and_missing_encoder_files_are_refused(encoder_copy):
 
 
 def test_modified_encoder_stops_the_tokenizer_load(encoder_copy):
-    from pars.model import load_tokenizer
+    from pars.model.ranker import load_tokenizer
 
     (encoder_copy / "config.json").write_text("{}")
     with pytest.raises(PARSError, match="sha256 mismatch"):

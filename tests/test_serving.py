@@ -5,21 +5,16 @@ from __future__ import annotations
 import httpx
 import pytest
 import torch
-from serving_helpers import start_server, wait_ready
+from serving_helpers import running_server, start_server
 
 PROMPTS = ["write a long detailed essay about the history of rome", "yes", "give me python code for a proof"]
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, checkpoint):
-    proc, url = start_server({"PREDICTOR_MODEL_PATH": str(checkpoint), "PREDICTOR_MODEL_NAME": str(tiny_model_dir),
-                              "PREDICTOR_MAX_LENGTH": "128", "PREDICTOR_DEVICE": "cpu"})
-    try:
-        wait_ready(proc, url)
+    with running_server({"PREDICTOR_MODEL_PATH": str(checkpoint), "PREDICTOR_MODEL_NAME": str(tiny_model_dir),
+                         "PREDICTOR_MAX_LENGTH": "128", "PREDICTOR_DEVICE": "cpu"}) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_root(server, checkpoint, tiny_model_dir):

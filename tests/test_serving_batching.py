@@ -19,8 +19,9 @@ import pytest
 import torch
 from serving_helpers import PROMPTS, start_server, wait_ready
 
-from pars.scoring import PromptScorer
-from pars.serving.batcher import DynamicBatcher, InferenceEngine, overhead_from_timings
+from pars.model.scoring import PromptScorer
+from pars.serving.batcher import DynamicBatcher
+from pars.serving.engine import InferenceEngine, overhead_from_timings
 from pars.serving.observability import Metrics
 
 
@@ -81,14 +82,14 @@ class _TimedScorer:
 
 
 def test_warm_up_measures_the_forward_overhead_unless_it_is_set(direct, monkeypatch):
-    import pars.serving.batcher as batcher
+    import pars.serving.engine as engine
 
     fake = _TimedScorer(direct)
-    monkeypatch.setattr(batcher.time, "perf_counter", lambda: fake.now)
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: fake.now)
     measured = InferenceEngine(fake, Metrics(), max_batch_size=8, max_batch_tokens=4096, overhead_tokens=None)
     fixed = InferenceEngine(fake, Metrics(), max_batch_size=8, max_batch_tokens=4096, overhead_tokens=7)
     try:
-        assert measured.overhead_tokens == batcher.FORWARD_OVERHEAD_TOKENS  # until the warm-up
+        assert measured.overhead_tokens == engine.FORWARD_OVERHEAD_TOKENS  # until the warm-up
         measured.warm_up(rounds=1)
         fixed.warm_up(rounds=1)
     finally:

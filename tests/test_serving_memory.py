@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from pars.serving import memory
-from pars.serving.batcher import InferenceEngine
+from pars.serving.engine import InferenceEngine
 from pars.serving.memory import HeapTrimmer
 from pars.serving.observability import Metrics
 
@@ -74,10 +74,10 @@ def test_a_slow_trim_is_timed_and_logged(direct, monkeypatch, caplog):
     # malloc_trim holds malloc's locks while it runs; a slow one must show in the metrics and the log.
     import time
 
-    from pars.serving import batcher
+    from pars.serving import engine
 
     monkeypatch.setattr(memory, "_load_malloc_trim", lambda: lambda pad: time.sleep(0.05) or 1)
-    monkeypatch.setattr(batcher, "SLOW_TRIM_S", 0.04)
+    monkeypatch.setattr(engine, "SLOW_TRIM_S", 0.04)
     metrics = Metrics()
     engine = InferenceEngine(direct, metrics, max_batch_size=8, max_batch_tokens=4096, heap_trim_interval_s=1e-9)
     try:

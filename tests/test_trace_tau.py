@@ -1,4 +1,4 @@
-"""benchmarks/trace_tau.py: rankers' tau on the vLLM experiments' traces, computed offline."""
+"""experiments/trace_tau.py: rankers' tau on the vLLM experiments' traces, computed offline."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ import json
 
 import pytest
 from scipy.stats import kendalltau
-from serving_helpers import load_benchmark
 from transformers import AutoTokenizer
 
-from pars.metrics import length_weighted_tau
-from pars.model import load_ranker
-from pars.scoring import PromptScorer
-
-trace_tau = load_benchmark("trace_tau")
+from experiments import trace_tau
+from pars.eval.rank_metrics import length_weighted_tau
+from pars.model.checkpoint import load_ranker
+from pars.model.scoring import PromptScorer
 
 
 def write_report(path, ids, served, seed):
@@ -87,7 +85,7 @@ def test_recovery_fit_is_the_least_squares_line():
 def test_tfidf_and_ensembles_are_screened_beside_the_checkpoints(tiny_model_dir, checkpoint, tiny_data, tmp_path):
     """--tfidf-train adds the TF-IDF + ridge baseline; --ensemble the mean of the members' per-trace quantiles,
     as a gateway averaging their score quantiles would order the trace."""
-    from pars.baselines import TfidfRidgeBaseline
+    from pars.eval.baselines import TfidfRidgeBaseline
 
     rows = json.loads((tiny_data / "val_data.json").read_text())
     train = json.loads((tiny_data / "train_data.json").read_text())

@@ -12,10 +12,11 @@ import torch
 import torch.nn as nn
 from transformers import AutoModel, AutoTokenizer
 
-from pars import train
-from pars.errors import PARSError
-from pars.model import PairwiseRanker, load_ranker, load_state_dict_into, read_state_dict, save_checkpoint
-from pars.scoring import PromptScorer
+from pars.common.errors import PARSError
+from pars.model.checkpoint import load_ranker, load_state_dict_into, read_state_dict, save_checkpoint
+from pars.model.ranker import PairwiseRanker
+from pars.model.scoring import PromptScorer
+from pars.train import loop as train
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIGINAL_KEYS = {"train_file", "val_file", "model_name", "batch_size", "num_epochs", "learning_rate", "margin",
@@ -211,8 +212,8 @@ def test_missing_file_and_unreachable_hub_one_line(tiny_data, tmp_path):
 
 
 def test_in_batch_pairs_rule():
-    from pars.pairdata import in_batch_pairs
-    from pars.pairs import relative_length_diff
+    from pars.data.pairs import relative_length_diff
+    from pars.train.losses import in_batch_pairs
 
     lengths = torch.tensor([10.0, 12.0, 100.0, 0.0, 0.0])
     i, j, target = in_batch_pairs(lengths, 0.2)

@@ -11,24 +11,23 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from serving_helpers import load_benchmark
 from transformers import AutoTokenizer
 
-from pars import precision, train
-from pars.batches import EpochBatches
-from pars.errors import PARSError
-from pars.model import PairwiseRanker, read_state_dict
-from pars.pairdata import (
+from pars.common.errors import PARSError
+from pars.data.readers import iter_json_list, load_pairs, subsample
+from pars.model import precision
+from pars.model.checkpoint import read_state_dict
+from pars.model.ranker import PairwiseRanker
+from pars.train import loop as train
+from pars.train.batches import EpochBatches
+from pars.train.pairdata import (
     MAX_PASSES,
     SPLIT_MIN_SAVED_TOKENS,
     FastPairCollator,
     PairCollator,
     PairIndex,
     TokenTable,
-    iter_json_list,
-    load_pairs,
     split_sorted,
-    subsample,
 )
 
 
@@ -351,9 +350,9 @@ def test_pair_index_from_file_equals_from_pairs(tiny_model_dir, tiny_data):
 
 
 def test_train_bench_seed_sweep_reports_per_seed_differences(tiny_model_dir, tiny_data, tmp_path):
-    from serving_helpers import load_benchmark
+    from benchmarks import train_bench
 
-    bench = load_benchmark("train_bench")
+    bench = train_bench
     out = tmp_path / "seeds.json"
     assert bench.main(["--data-dir", str(tiny_data), "--model-name", str(tiny_model_dir), "--steps", "2",
                        "--batch-size", "8", "--max-eval-samples", "16", "--modes", "fast", "fast-ungrouped",
@@ -369,7 +368,9 @@ def test_train_bench_seed_sweep_reports_per_seed_differences(tiny_model_dir, tin
 
 
 def test_train_step_bench_refuses_malformed_pass_variants():
-    bench = load_benchmark("train_step_bench")
+    from benchmarks import train_step_bench
+
+    bench = train_step_bench
     for bad in ("4", "0:64", "four:64", ""):
         with pytest.raises(SystemExit):
             bench.main(["--passes", bad])

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pars import train
-from pars.errors import PARSError
-from pars.model import read_state_dict
-from pars.trainstate import STATE_FILE, check_signature, load_state
+from pars.common.errors import PARSError
+from pars.model.checkpoint import read_state_dict
+from pars.train import loop as train
+from pars.train.state import STATE_FILE, check_signature, load_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

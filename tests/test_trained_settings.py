@@ -1,4 +1,4 @@
-"""pars/trained_settings.py: a checkpoint scored with other settings than it was trained with is called out."""
+"""pars/model/trained_settings.py: a checkpoint scored with other settings than it was trained with is called out."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import json
 import logging
 import shutil
 
-from pars import evaluate
-from pars.serving.app import load_scorer
+from pars.eval import evaluate
+from pars.model.trained_settings import mismatches, trained_settings
+from pars.serving.engine import load_scorer
 from pars.serving.settings import Settings
-from pars.trained_settings import mismatches, trained_settings
 
 
 def beside(checkpoint, tmp_path, metrics: dict | None):

@@ -1,4 +1,4 @@
-"""Middle truncation (pars/truncation.py): the same cut in training, evaluation, serving and the gateway."""
+"""Middle truncation (pars/model/truncation.py): the same cut in training, evaluation, serving and the gateway."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from conftest import WORDS
 from pydantic import ValidationError
 from transformers import AutoTokenizer
 
-from pars import evaluate, train
-from pars.errors import PARSError
+from pars.common.errors import PARSError
+from pars.data.pairs import make_pairs
+from pars.eval import evaluate
 from pars.gateway.policy import scorable_text
-from pars.model import load_ranker
-from pars.pairdata import PairCollator, TokenTable
-from pars.pairs import make_pairs
-from pars.scoring import PromptScorer
-from pars.serving.app import load_scorer
+from pars.model.checkpoint import load_ranker
+from pars.model.scoring import PromptScorer
+from pars.model.truncation import cut_middle, encode_prompts
+from pars.serving.engine import load_scorer
 from pars.serving.settings import Settings
-from pars.truncation import cut_middle, encode_prompts
+from pars.train import loop as train
+from pars.train.pairdata import PairCollator, TokenTable
 
 LONG_CUE, SHORT_CUE = "write a long detailed essay", "give a one word answer"
 FILLER = [w for w in WORDS if w not in set(f"{LONG_CUE} {SHORT_CUE}".split())]

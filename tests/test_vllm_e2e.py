@@ -1,4 +1,4 @@
-"""benchmarks/vllm_e2e.py end to end against a stand-in vLLM (issue 6's harness; no real vLLM here).
+"""experiments/vllm_e2e end to end against a stand-in vLLM (issue 6's harness; no real vLLM here).
 
 The stand-in simulates vLLM's priority scheduler: `SLOTS` running requests at most; the others wait in a
 queue ordered by (priority, arrival); a running request holds its slot for max_tokens x PER_TOKEN_S; no
@@ -23,12 +23,18 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-from serving_helpers import StandInPredictor, free_port, load_benchmark, serve
+from serving_helpers import StandInPredictor, free_port, serve
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from experiments.lib.harness import cpu_list, log_dir_for
+from experiments.lib.traces import arrivals_at, digest, unit_gaps
+from experiments.vllm_e2e import cli, servers
+from experiments.vllm_e2e.policies import gateway_policy, pars_window, split_gateway
+from experiments.vllm_e2e.servers import ranker_labels
+from experiments.vllm_e2e.watch import PredictorWatch
 from pars.gateway.app import create_app
 from pars.gateway.settings import GatewaySettings
 
@@ -53,8 +59,6 @@ def long_first_seed() -> int:
 
 SEED = long_first_seed()
 
-
-e2e = load_benchmark("vllm_e2e")
 
 
 class StandInVLLM:
@@ -167,7 +171,7 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, data) -> Path:
     out = tmp_path_factory.mktemp("llama")
-    e2e.main(["--build-model", str(out), "--data", str(data), "--hidden-size", "32", "--layers", "1",
+    cli.main(["--build-model", str(out), "--data", str(data), "--hidden-size", "32", "--layers", "1",
               "--heads", "2", "--intermediate-size", "64", "--vocab-size", "300", "--max-model-len", "256"])
     return out
 
@@ -196,7 +200,7 @@ def run_harness(data: Path, model_dir: Path, out: Path, extra: list[str], gatewa
             "--cooldown-s", "0", "--bootstrap", "200", "--quiet", "--out", str(out), *extra]
     for g in gateways:
         argv += ["--gateway", g]
-    assert e2e.main(argv) == 0
+    assert cli.main(argv) == 0
     return json.loads(out.read_text())
 
 
@@ -243,7 +247,7 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
     for rate in RATES:
         runs = [r for r in report["runs"] if r["rate"] == rate]
         assert len({r["arrivals_sha"] for r in runs}) == 1 and len({r["trace_sha"] for r in runs}) == 1
-        assert runs[0]["arrivals_sha"] == e2e.digest(trace["arrivals_s"][f"{rate:g}"])
+        assert runs[0]["arrivals_sha"] == digest(trace["arrivals_s"][f"{rate:g}"])
     firsts = [r["policy"] for r in report["runs"] if r["order"] in (0, len(RATES) * 7)]
     assert firsts[0] != firsts[1]  # rotation: another policy opens the second repeat
 
@@ -304,18 +308,18 @@ def test_end_to_end_against_stand_in(data, model_dir, tmp_path):
 @pytest.mark.parametrize("case", ["down", "slow"])
 def test_predictor_watch_dates_a_stall(case):
     if case == "down":
-        with e2e.PredictorWatch(f"http://127.0.0.1:{free_port()}", interval_s=0.05) as watch:
+        with PredictorWatch(f"http://127.0.0.1:{free_port()}", interval_s=0.05) as watch:
             time.sleep(0.3)
     else:
-        with serve(StandInPredictor(ready_delay_s=0.6).app) as purl, e2e.PredictorWatch(purl, 0.05) as watch:
+        with serve(StandInPredictor(ready_delay_s=0.6).app) as purl, PredictorWatch(purl, 0.05) as watch:
             time.sleep(0.3)  # the first poll is still waiting: the exit waits for it
     s = watch.summary()
     assert s["polls"] >= 1 and len(s["slow_or_failed"]) == s["polls"]
     if case == "down":
         assert all(ms is None and err == "ConnectError" for _, ms, err in s["slow_or_failed"]) and s["p50_ms"] is None
     else:
-        assert all(ms > e2e.PredictorWatch.SLOW_MS and err is None for _, ms, err in s["slow_or_failed"])
-    assert e2e.PredictorWatch(None).summary() is None
+        assert all(ms > PredictorWatch.SLOW_MS and err is None for _, ms, err in s["slow_or_failed"])
+    assert PredictorWatch(None).summary() is None
 
 
 def test_stream_measures_ttft(data, model_dir, tmp_path):
@@ -335,7 +339,7 @@ def test_stream_measures_ttft(data, model_dir, tmp_path):
 
     # --report-from redoes the analysis from the runs alone: the same summary, written where asked.
     again = tmp_path / "again.json"
-    assert e2e.main(["--report-from", str(tmp_path / "s.json"), "--out", str(again)]) == 0
+    assert cli.main(["--report-from", str(tmp_path / "s.json"), "--out", str(again)]) == 0
     redone = json.loads(again.read_text())
     assert redone["runs"] == report["runs"]
     assert redone["summary"] == report["summary"]
@@ -346,7 +350,7 @@ def test_stream_measures_ttft(data, model_dir, tmp_path):
     partial = {k: v for k, v in report.items() if k not in finished} | {"plan_size": 4, "runs": report["runs"][:1]}
     partial["machine"] = {k: v for k, v in report["machine"].items() if k != "load_avg_end"}
     (tmp_path / "stopped.partial.json").write_text(json.dumps(partial))
-    assert e2e.main(["--report-from", str(tmp_path / "stopped.partial.json")]) == 0
+    assert cli.main(["--report-from", str(tmp_path / "stopped.partial.json")]) == 0
     cut = json.loads((tmp_path / "stopped.json").read_text())
     assert cut["partial"] == "1 of 4 planned runs" and "plan_size" not in cut
     first = report["runs"][0]
@@ -380,13 +384,13 @@ def test_load_factors_scale_the_measured_capacity(data, model_dir, tmp_path):
 @pytest.mark.parametrize("flags", [["--load-factors", "0"], ["--load-factors", "1,-2"], ["--capacity-tokens", "0"]])
 def test_bad_load_flags_are_one_line_errors(flags, capsys):
     with pytest.raises(SystemExit) as exc:
-        e2e.main(["--data", "d.json", "--model-dir", "m", *flags])
+        cli.main(["--data", "d.json", "--model-dir", "m", *flags])
     assert exc.value.code == 2 and "must be" in capsys.readouterr().err
 
 
 def test_help_describes_the_experiment(capsys):
     with pytest.raises(SystemExit) as exc:
-        e2e.main(["--help"])
+        cli.main(["--help"])
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--build-model", "--rates", "--load-factors", "--repeats", "--gateway", "--fairness-windows",
@@ -395,29 +399,29 @@ def test_help_describes_the_experiment(capsys):
 
 
 def test_arrivals_are_one_pattern_scaled():
-    gaps = e2e.unit_gaps(50, seed=3)
-    a, b = e2e.arrivals_at(gaps, 1.0), e2e.arrivals_at(gaps, 2.0)
+    gaps = unit_gaps(50, seed=3)
+    a, b = arrivals_at(gaps, 1.0), arrivals_at(gaps, 2.0)
     assert a[0] == 0 and all(x <= y for x, y in zip(a, a[1:], strict=False))
     assert all(abs(x / 2 - y) < 1e-5 for x, y in zip(a, b, strict=True))
-    assert e2e.arrivals_at(e2e.unit_gaps(50, seed=3), 1.0) == a
+    assert arrivals_at(unit_gaps(50, seed=3), 1.0) == a
 
 
 def test_gateway_policy_names_come_from_its_health():
-    assert e2e.gateway_policy("u", {"scorer": "none", "fairness_window_s": 10}).name == "fcfs-gw"
-    assert e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 60}).name == "pars@60"
-    weighted = e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 1000, "prompt_length_weight": 0.5})
+    assert gateway_policy("u", {"scorer": "none", "fairness_window_s": 10}).name == "fcfs-gw"
+    assert gateway_policy("u", {"scorer": "remote", "fairness_window_s": 60}).name == "pars@60"
+    weighted = gateway_policy("u", {"scorer": "remote", "fairness_window_s": 1000, "prompt_length_weight": 0.5})
     assert weighted.name == "pars+len0.5@1000" and weighted.window_s == 1000
-    assert e2e.gateway_policy("u", {"scorer": "remote", "fairness_window_s": 60}, "runA").name == "pars[runA]@60"
-    assert e2e.gateway_policy("u", {"scorer": "local", "fairness_window_s": 1, "prompt_length_weight": 2},
+    assert gateway_policy("u", {"scorer": "remote", "fairness_window_s": 60}, "runA").name == "pars[runA]@60"
+    assert gateway_policy("u", {"scorer": "local", "fairness_window_s": 1, "prompt_length_weight": 2},
                               "b").name == "pars[b]+len2@1"
 
 
 def test_plain_pars_policies_and_gateway_labels_parse():
-    assert e2e.pars_window("pars@1000") == (None, 1000.0)
-    assert e2e.pars_window("pars[sg/all]@0.5") == ("sg/all", 0.5)
-    assert e2e.pars_window("pars+len0.5@1000") is None and e2e.pars_window("fcfs-gw") is None
-    assert e2e.split_gateway("http://127.0.0.1:9") == (None, "http://127.0.0.1:9")
-    assert e2e.split_gateway("allturns=http://h:1/x?a=b") == ("allturns", "http://h:1/x?a=b")
+    assert pars_window("pars@1000") == (None, 1000.0)
+    assert pars_window("pars[sg/all]@0.5") == ("sg/all", 0.5)
+    assert pars_window("pars+len0.5@1000") is None and pars_window("fcfs-gw") is None
+    assert split_gateway("http://127.0.0.1:9") == (None, "http://127.0.0.1:9")
+    assert split_gateway("allturns=http://h:1/x?a=b") == ("allturns", "http://h:1/x?a=b")
 
 
 def test_two_rankers_compared_in_one_experiment(data, model_dir, tmp_path):
@@ -460,13 +464,13 @@ def test_ranker_max_length_reaches_each_predictor_service(monkeypatch):
             started[name] = env
             return None
 
-    monkeypatch.setattr(e2e, "wait_up", lambda *a, **k: None)
+    monkeypatch.setattr(servers, "wait_up", lambda *a, **k: None)
 
     def launch(*flags):
         started.clear()
-        args = e2e.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start",
+        args = cli.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start",
                                         "--ranker-path", "runs/a/best_model.pt", "runs/b/best_model.pt", *flags])
-        e2e.start_all(args, Recorder())
+        servers.start_all(args, Recorder())
         return {n: env.get("PREDICTOR_MAX_LENGTH") for n, env in started.items() if n.startswith("predictor")}
 
     assert launch() == {"predictor-a": None, "predictor-b": None}
@@ -489,7 +493,7 @@ def test_ranker_max_length_reaches_each_predictor_service(monkeypatch):
                                          ("--ranker-name", ["a", "b", "c"])])
 def test_bad_ranker_setting_is_a_one_line_error(flag, values, capsys):
     with pytest.raises(SystemExit) as exc:
-        e2e.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", "a.pt", "b.pt", flag, *values])
+        cli.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", "a.pt", "b.pt", flag, *values])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and flag in err
 
@@ -504,14 +508,14 @@ def test_side_cpus_pin_predictor_and_gateways_not_vllm(monkeypatch):
             started[name] = (cmd, env)
             return None
 
-    monkeypatch.setattr(e2e, "wait_up", lambda *a, **k: None)
+    monkeypatch.setattr(servers, "wait_up", lambda *a, **k: None)
     cpu = str(min(os.sched_getaffinity(0)))
 
     def launch(*flags):
         started.clear()
-        args = e2e.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows",
+        args = cli.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows",
                                         "10,1000", "--ranker-path", "runs/a/best_model.pt", *flags])
-        e2e.start_all(args, Recorder())
+        servers.start_all(args, Recorder())
         return dict(started)
 
     plain = launch()
@@ -535,15 +539,15 @@ def test_side_cpus_pin_predictor_and_gateways_not_vllm(monkeypatch):
 @pytest.mark.parametrize("spec", ["x", "2-1", "", "100000"])
 def test_bad_cpu_list_is_a_one_line_error(flag, spec, capsys):
     with pytest.raises(SystemExit) as exc:
-        e2e.main(["--data", "d.json", "--model-dir", "m", flag, spec])
+        cli.main(["--data", "d.json", "--model-dir", "m", flag, spec])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and flag in err and "Traceback" not in err
 
 
 def test_cpu_list_parses_taskset_lists():
     first = min(os.sched_getaffinity(0))
-    assert e2e.cpu_list(str(first)) == {first}
-    assert e2e.cpu_list(f"{first}-{first}, {first}") == {first}
+    assert cpu_list(str(first)) == {first}
+    assert cpu_list(f"{first}-{first}, {first}") == {first}
 
 
 def test_ranker_nice_runs_one_checkpoint_twice_at_two_priorities(monkeypatch, capsys):
@@ -557,14 +561,14 @@ def test_ranker_nice_runs_one_checkpoint_twice_at_two_priorities(monkeypatch, ca
             started[name] = cmd
             return None
 
-    monkeypatch.setattr(e2e, "wait_up", lambda *a, **k: None)
+    monkeypatch.setattr(servers, "wait_up", lambda *a, **k: None)
     ckpt = "runs/a/best_model.pt"
 
     def launch(*flags):
         started.clear()
-        args = e2e.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows",
+        args = cli.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows",
                                         "1000", "--ranker-path", ckpt, ckpt, *flags])
-        return e2e.start_all(args, Recorder())[1]
+        return servers.start_all(args, Recorder())[1]
 
     gateways = launch("--ranker-nice", "0", "19", "--side-cpus", str(min(os.sched_getaffinity(0))))
     assert [g.split("=")[0] for g in gateways if "=" in g] == ["a", "a+nice19"]  # fcfs-gw: a bare URL
@@ -577,19 +581,19 @@ def test_ranker_nice_runs_one_checkpoint_twice_at_two_priorities(monkeypatch, ca
     assert [cmd[:3] for name, cmd in started.items() if name.startswith("pars")] == [["nice", "-n", "5"]] * 2
     assert not any(name.startswith("predictor") for name in started)
     with pytest.raises(SystemExit) as exc:
-        e2e.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", ckpt, "--ranker-nice", "-5"])
+        cli.main(["--data", "d.json", "--model-dir", "m", "--ranker-path", ckpt, "--ranker-nice", "-5"])
     assert exc.value.code == 2 and "--ranker-nice" in capsys.readouterr().err
 
 
 def test_ranker_labels_tell_nice_levels_and_repeats_apart():
-    assert e2e.ranker_labels(["runs/a/best_model.pt"], [19]) == [None]
-    assert e2e.ranker_labels(["runs/a/best_model.pt", "runs/b/best_model.pt"], [None, 19]) == ["a", "b+nice19"]
-    assert e2e.ranker_labels(["runs/a/best_model.pt"] * 2, [None, None]) == ["a#1", "a#2"]
+    assert ranker_labels(["runs/a/best_model.pt"], [19]) == [None]
+    assert ranker_labels(["runs/a/best_model.pt", "runs/b/best_model.pt"], [None, 19]) == ["a", "b+nice19"]
+    assert ranker_labels(["runs/a/best_model.pt"] * 2, [None, None]) == ["a#1", "a#2"]
 
 
 def test_each_experiment_keeps_its_own_server_logs(tmp_path):
     # Run Q's predictor stall went unexplained: the next experiment overwrote the shared /tmp logs.
-    a = e2e.log_dir_for(None, Path("benchmarks/results/vllm_e2e_runR_seed39.json"))
-    b = e2e.log_dir_for(None, Path("benchmarks/results/vllm_e2e_runR_seed40.json"))
+    a = log_dir_for(None, Path("experiments/runs/2026-11-25_runR/vllm_e2e_runR_seed39.json"))
+    b = log_dir_for(None, Path("experiments/runs/2026-11-25_runR/vllm_e2e_runR_seed40.json"))
     assert a != b and a == Path("/tmp/vllm_e2e_runR_seed39_logs")
-    assert e2e.log_dir_for(tmp_path, Path("x.json")) == tmp_path
+    assert log_dir_for(tmp_path, Path("x.json")) == tmp_path

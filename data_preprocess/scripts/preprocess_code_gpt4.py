@@ -2,8 +2,8 @@
 
 import functools
 
+from pars.common.errors import run_cli
 from pars.data.preprocess import main
-from pars.errors import run_cli
 
 if __name__ == "__main__":
     run_cli(functools.partial(main, "code"))

@@ -16,13 +16,13 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from pars.common.errors import PARSError
+from pars.common.hub import hub_offline_requested, hub_reachable
+from pars.common.jsonio import write_json_files_atomic
 from pars.data import sharegpt
+from pars.data.pairs import check_threshold, make_pairs, pair_file_name
 from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_example, output_row
 from pars.data.token_lengths import load_length_tokenizer, recount_lengths
-from pars.errors import PARSError
-from pars.hub import hub_offline_requested, hub_reachable
-from pars.jsonio import write_json_files_atomic
-from pars.pairs import check_threshold, make_pairs, pair_file_name
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 

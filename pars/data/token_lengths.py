@@ -17,7 +17,7 @@ def load_length_tokenizer(name: str):
     """A tokenizer by hub id or local directory; a clear one-line error when it cannot be had."""
     from transformers import AutoTokenizer
 
-    from pars.hub import load_pretrained
+    from pars.common.hub import load_pretrained
 
     return load_pretrained(AutoTokenizer, name, what="length tokenizer")
 

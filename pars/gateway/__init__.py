@@ -6,5 +6,6 @@ body      setting `priority` in a JSON body without touching its other bytes
 priority  score -> integer priority with a starvation guard (arrival time + bounded score term)
 scorers   remote (/score_batch, batched) or in-process (the service's batcher) scoring, with fallback
 proxy     forwarding a request upstream and relaying the answer, streams included
+observability  the gateway's Prometheus metrics
 app       the Starlette app factory and its lifespan
 """

@@ -15,17 +15,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from pars.errors import PARSError
-from pars.gateway.metrics import GatewayMetrics
+from pars.common.errors import PARSError
+from pars.common.httpclient import pool_limits
+from pars.common.startup import OneLineStartupErrors
+from pars.common.watchdog import StallWatchdog
+from pars.gateway.observability import GatewayMetrics
 from pars.gateway.policy import Prioritizer
 from pars.gateway.priority import max_overtake_ms
 from pars.gateway.prompts import SCORED_PATHS
 from pars.gateway.proxy import forward, has_body
 from pars.gateway.scorers import make_scorer
 from pars.gateway.settings import GatewaySettings
-from pars.httpclient import pool_limits
-from pars.serving.lifespan import OneLineStartupErrors
-from pars.serving.watchdog import StallWatchdog
 
 log = logging.getLogger("pars.gateway")
 

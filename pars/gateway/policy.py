@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import httpx
 
 from pars.gateway.body import parse_object, with_priority
-from pars.gateway.metrics import GatewayMetrics
+from pars.gateway.observability import GatewayMetrics
 from pars.gateway.priority import NEUTRAL_QUANTILE, PriorityClock, QuantileWindow
-from pars.gateway.prompts import prompt_text
+from pars.gateway.prompts import prompt_text, requested_tokens
 from pars.gateway.scorers import Scorer
 from pars.gateway.settings import GatewaySettings
 
@@ -77,7 +77,10 @@ class Prioritizer:
         client = parsed.value.get("priority")
         if has_client and (rule == "respect" or (rule == "offset" and not _is_int(client))):
             return self._done(Assignment(raw, client if _is_int(client) else None, CLIENT, 0.0))
-        q, source, score_ms = await self._quantile(prompt_text(path, parsed.value))
+        if self.settings.scorer == "max_tokens":
+            q, source, score_ms = self._oracle_quantile(requested_tokens(path, parsed.value))
+        else:
+            q, source, score_ms = await self._quantile(prompt_text(path, parsed.value))
         priority = self.clock.priority(arrival_ms, q)
         if has_client and rule == "offset":
             priority += client
@@ -112,6 +115,12 @@ class Prioritizer:
             self._log_fallback(reason, detail, seconds)
             return NEUTRAL_QUANTILE, FALLBACK, seconds * 1000
         return self._blend(self.window.observe(score), text), SCORED, seconds * 1000
+
+    def _oracle_quantile(self, tokens: int | None) -> tuple[float, str, float]:
+        """GATEWAY_SCORER=max_tokens: the quantile of the request's own answer-length cap among recent ones."""
+        if tokens is None:
+            return NEUTRAL_QUANTILE, UNSCORABLE, 0.0
+        return self.window.observe(float(tokens)), SCORED, 0.0
 
     def _blend(self, q_score: float, text: str) -> float:
         """The score's quantile, moved toward the prompt length's by GATEWAY_PROMPT_LENGTH_WEIGHT."""

@@ -48,3 +48,14 @@ def prompt_text(path: str, body: dict[str, Any]) -> str | None:
     if path == CHAT:
         return chat_text(body)
     return None
+
+
+def requested_tokens(path: str, body: dict[str, Any]) -> int | None:
+    """The answer length the request asks for at most: `max_tokens`, or chat's `max_completion_tokens`."""
+    if path not in SCORED_PATHS:
+        return None
+    for key in ("max_completion_tokens", "max_tokens") if path == CHAT else ("max_tokens",):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import httpx
 
+from pars.common.httpclient import pool_limits
 from pars.gateway.settings import GatewaySettings
-from pars.httpclient import pool_limits
 
 log = logging.getLogger("pars.gateway")
 
@@ -120,8 +120,8 @@ class LocalScorer:
         import torch
         from starlette.concurrency import run_in_threadpool
 
-        from pars.serving.app import load_scorer
         from pars.serving.batcher import build_runner
+        from pars.serving.engine import load_scorer
         from pars.serving.observability import Metrics
         from pars.serving.settings import Settings
 
@@ -150,7 +150,8 @@ class LocalScorer:
 
 
 def make_scorer(settings: GatewaySettings, predictor_settings=None) -> Scorer | None:
-    """None for GATEWAY_SCORER=none: the caller then skips scoring (no fallback counted)."""
+    """None for GATEWAY_SCORER=none (the caller then skips scoring, no fallback counted) and =max_tokens (the
+    policy reads the request's own max_tokens)."""
     if settings.scorer == "remote":
         key = settings.predictor_api_key.get_secret_value() if settings.predictor_api_key else None
         return RemoteScorer(settings.predictor_url, settings.predictor_timeout_ms / 1000, settings.gather_ms / 1000,

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pars.httpclient import KEEPALIVE_EXPIRY_S
+from pars.common.httpclient import KEEPALIVE_EXPIRY_S
 
 
 class GatewaySettings(BaseSettings):
@@ -23,13 +23,15 @@ class GatewaySettings(BaseSettings):
     # vLLM's priority scheduler cannot see them.
     upstream_max_connections: int | None = Field(default=None, ge=1)
     # Idle pooled connections to the upstream are dropped after this; keep it below the upstream's own
-    # keep-alive timeout (vLLM: 5 s) or a request can race the server's close (pars/httpclient.py).
+    # keep-alive timeout (vLLM: 5 s) or a request can race the server's close (pars/common/httpclient.py).
     upstream_keepalive_expiry_s: float = Field(default=KEEPALIVE_EXPIRY_S, gt=0)
 
     # How prompts are scored. remote: the predictor service's /score_batch; local: the ranker in this
     # process (configured by the service's own PREDICTOR_* variables); none: every request neutral
-    # (priority = arrival time: FCFS through the gateway, for baselines).
-    scorer: Literal["remote", "local", "none"] = "remote"
+    # (priority = arrival time: FCFS through the gateway, for baselines); max_tokens: the request's own
+    # max_tokens is its score, the oracle of experiments whose answers run to exactly max_tokens (vLLM's
+    # ignore_eos, as `vllm bench serve --ignore-eos` sends each sample's length).
+    scorer: Literal["remote", "local", "none", "max_tokens"] = "remote"
     predictor_url: str = "http://127.0.0.1:8001"
     predictor_api_key: SecretStr | None = None  # sent as `Authorization: Bearer <key>` to the predictor
     # A request whose score is not back within this goes upstream with the neutral priority.
@@ -52,11 +54,11 @@ class GatewaySettings(BaseSettings):
     # Weight of the prompt's length quantile (characters, among recent prompts) beside the score's:
     # q = (q_score + w * q_length) / (1 + w), still in [0, 1], so the guard's bound holds. Puts long prompts
     # (long contexts) later; 0.5 changed nothing measurable against a real vLLM at 2x capacity (runs H and
-    # H2 in predictor_serving/README.md). 0: the score alone. Applied to scored prompts only.
+    # H2 in docs/experiment-log.md). 0: the score alone. Applied to scored prompts only.
     prompt_length_weight: float = Field(default=0.0, ge=0)
 
     # When the event loop has not run for this long, every thread's stack goes to stderr and
-    # pars_gateway_event_loop_stalls_total counts it (pars/serving/watchdog.py). 0: off.
+    # pars_gateway_event_loop_stalls_total counts it (pars/common/watchdog.py). 0: off.
     stall_dump_s: float = Field(default=5.0, ge=0)
 
     # Bind address of `python scripts/pars_gateway.py` (with uvicorn's CLI, use --host/--port).

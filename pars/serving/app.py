@@ -26,12 +26,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pars import __version__
-from pars.backends import ONNX_BACKENDS, load_inference_model
-from pars.errors import PARSError
-from pars.model import load_tokenizer
-from pars.scoring import PromptScorer, resolve_device
-from pars.serving.batcher import InferenceEngine, QueueFullError, ShuttingDownError, build_runner
-from pars.serving.lifespan import OneLineStartupErrors
+from pars.common.errors import PARSError
+from pars.common.startup import OneLineStartupErrors
+from pars.common.watchdog import StallWatchdog
+from pars.serving.batcher import QueueFullError, ShuttingDownError, build_runner
+from pars.serving.engine import InferenceEngine, load_scorer
 from pars.serving.limits import BodyLimits
 from pars.serving.observability import Metrics, RequestMetrics
 from pars.serving.schemas import (
@@ -49,38 +48,11 @@ from pars.serving.schemas import (
     ScoreResponse,
 )
 from pars.serving.settings import Settings
-from pars.serving.watchdog import StallWatchdog
-from pars.trained_settings import mismatches
 
 log = logging.getLogger("pars.serving")
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 OPEN_PATHS = frozenset({"/health", "/ready"})  # answered without the API key (liveness/readiness probes)
 PRIORITY_BOUND = 2**31 - 1
-
-
-def load_scorer(settings: Settings) -> PromptScorer:
-    device = resolve_device(settings.device)
-    dtype = DTYPES[settings.dtype]
-    if dtype == torch.float16 and device.type != "cuda":
-        raise PARSError(f"PREDICTOR_DTYPE={settings.dtype} needs a CUDA device (this one is {device}); "
-                        "use float32 or bfloat16 on CPU")
-    tokenizer = load_tokenizer(settings.model_name)
-    if settings.backend in ONNX_BACKENDS:
-        if device.type != "cpu" or dtype != torch.float32:
-            raise PARSError(f"PREDICTOR_BACKEND={settings.backend} runs on CPU in float32; "
-                            f"use PREDICTOR_BACKEND=torch for {device} / {settings.dtype}")
-    model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
-                                 settings.onnx_cache_dir, threads=settings.threads_per_worker(),
-                                 spin=settings.onnx_spin, log=log.warning, pooling=settings.pooling)
-    for key, trained, given in mismatches(settings.model_path, max_length=settings.max_length,
-                                          truncation=settings.truncation, pooling=settings.pooling):
-        log.warning("%s was trained with %s=%s (metrics.json beside it) but is served with PREDICTOR_%s=%s: "
-                    "its scores are worse than they should be", settings.model_path, key, trained, key.upper(), given)
-    scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device,
-                          truncation=settings.truncation)
-    scorer.set_dtype(dtype)
-    return scorer
 
 
 def compare(prompt_a: str, prompt_b: str, score_a: float, score_b: float) -> CompareResponse:

@@ -7,7 +7,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pars.serving.watchdog import LoopMetrics
+from pars.common.watchdog import LoopMetrics
 
 ENDPOINTS = frozenset({"/", "/score", "/score_batch", "/compare", "/compare_batch", "/health", "/ready",
                        "/metrics", "/docs", "/openapi.json"})

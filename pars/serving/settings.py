@@ -32,13 +32,13 @@ class Settings(BaseSettings):
     model_path: str = "../predictor_train/outputs/alpaca_gpt4_bert/best_model.pt"
     model_name: str = "bert-base-uncased"
     max_length: int = Field(default=128, ge=1, le=4096)
-    # How a longer prompt is cut (pars/truncation.py): as the ranker was trained (train --truncation).
+    # How a longer prompt is cut (pars/model/truncation.py): as the ranker was trained (train --truncation).
     truncation: Literal["head", "middle"] = "head"
-    # How the encoder's tokens become one vector (pars/model.py): as the ranker was trained (train --pooling).
+    # How the encoder's tokens become one vector (pars/model/ranker.py): as the ranker was trained (train --pooling).
     pooling: Literal["pooler", "mean"] = "pooler"
     device: str | None = None  # None: cuda when available, else cpu
 
-    # Inference. backend: torch, or the CPU fast path through ONNX Runtime (pars/backends.py):
+    # Inference. backend: torch, or the CPU fast path through ONNX Runtime (pars/model/backends.py):
     # onnx (fp32, same scores as torch) or onnx-int8 (int8 weights, close ranking); exported once, cached.
     backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
     onnx_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/pars/onnx or ~/.cache/pars/onnx
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     num_threads: int | None = Field(default=None, ge=1, le=1024)  # intra-op threads in all; None: physical cores
     # Forward passes that may run at once, each on its own thread with num_threads / workers intra-op threads.
     # Small passes use several threads poorly, but a long prompt's pass on fewer threads takes longer: here
-    # 2 workers gave 4-7 % more prompts/s and a worse p99 at 8 clients (predictor_serving/README.md).
+    # 2 workers gave 4-7 % more prompts/s and a worse p99 at 8 clients (docs/serving-measurements.md).
     inference_workers: int = Field(default=1, ge=1, le=64)
     warmup: bool = True  # a few forward passes before /ready turns 200
 
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     heap_trim_interval_s: float = Field(default=1.0, ge=0)
     max_wait_ms: float = Field(default=2.0, ge=0, le=60_000)  # gathering window after the first queued request
     # When the event loop has not run for this long, every thread's stack goes to stderr (again every this
-    # long while it lasts) and pars_event_loop_stalls_total counts it (pars/serving/watchdog.py). 0: off.
+    # long while it lasts) and pars_event_loop_stalls_total counts it (pars/common/watchdog.py). 0: off.
     stall_dump_s: float = Field(default=5.0, ge=0)
 
     # Limits.

@@ -1,0 +1,40 @@
+"""Command-line values the tools share: comma lists, per-ranker settings, policy aliases, and the parser of
+a tool that reads reports."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+
+def parser_for(doc: str) -> argparse.ArgumentParser:
+    """A tool's parser: the first paragraph of its docstring as the description, defaults shown in --help."""
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def floats(text: str) -> list[float]:
+    """A comma list of numbers ("0.8,1.2,1.6"), empty items ignored."""
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def per_ranker(given: Sequence | None, rankers: int, flag: str) -> list:
+    """A --ranker-* setting spread over the rankers: none (the service's default), one for all, or one each."""
+    if not given:
+        return [None] * rankers
+    if len(given) == 1:
+        return [given[0]] * rankers
+    if len(given) != rankers:
+        raise ValueError(f"{flag} takes one value or one per --ranker-path ({rankers}), not {len(given)}")
+    return list(given)
+
+
+def parse_same(items: Sequence[str]) -> dict[str, str]:
+    """--same NAME=ALIAS items as {ALIAS: NAME}: the policy ALIAS of any experiment is pooled under NAME."""
+    aliases = {}
+    for item in items:
+        name, sep, alias = item.partition("=")
+        if not sep or not name or not alias:
+            raise ValueError(f"--same wants NAME=ALIAS, got {item!r}")
+        aliases[alias] = name
+    return aliases

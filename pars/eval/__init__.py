@@ -1,0 +1,1 @@
+"""Evaluation: ranking metrics, cheap baselines, the evaluation run and its figures."""

@@ -1,0 +1,580 @@
+"""Stage 2: train the pairwise ranker (predictor_train/scripts/train_pairwise_bert.py).
+
+Same model, loss, optimizer, schedule, clipping, AMP, checkpoint selection and outputs as the original
+release; read top to bottom: arguments, data, model, optimizer, loop, outputs. The same code runs on one
+process or under torchrun (DistributedDataParallel): `--batch-size` is the global batch of one optimizer
+step, split across ranks, so a run means the same on any number of processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import random
+import resource
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from pars.common.errors import PARSError
+from pars.common.hub import OFFLINE_ENCODER
+from pars.common.jsonio import read_json, write_json_atomic
+from pars.data.pairs import check_threshold
+from pars.data.readers import load_pairs, load_rows, subsample
+from pars.eval.rank_metrics import kendall_tau, length_cap, length_weighted_tau, pairwise_accuracy
+from pars.model import precision
+from pars.model.checkpoint import load_state_dict_into, read_state_dict, save_checkpoint
+from pars.model.ranker import POOLINGS, PairwiseRanker, load_tokenizer
+from pars.model.scoring import PromptScorer
+from pars.model.truncation import TRUNCATIONS
+from pars.train import distributed as dist
+from pars.train.batches import EpochBatches, FixedBatches
+from pars.train.curves import plot_training_curves
+from pars.train.losses import in_batch_pairs, pair_weights, weighted_margin_loss
+from pars.train.pairdata import FastPairCollator, FastRowCollator, ListDataset, PairCollator, PairIndex, RowIndex
+from pars.train.state import STATE_FILE, capture_rng, check_signature, load_state, restore_rng, save_state
+
+PAIR_WEIGHTINGS = ("none", "length-diff")
+SELECT_BY = ("val_accuracy", "val_kendall_tau", "val_length_weighted_tau")
+
+DEFAULT_PROMPT_GROUP_SIZE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=(
+            "Train a BERT-family pairwise ranker on pair files from data_preprocess/: "
+            "score = Linear(pooler output), MarginRankingLoss on (score_A, score_B, 2*label-1). "
+            "Writes best_model.pt (best val accuracy), last_model.pt and metrics.json. "
+            "Runs as is under `torchrun --nproc_per_node=N` (DistributedDataParallel)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--train-file", required=True, help="Train pairs JSON (train_pairs_length_diff_<t>.json).")
+    p.add_argument("--val-file", required=True, help="Val pairs JSON (val_pairs_length_diff_<t>.json).")
+    p.add_argument("--output-dir", required=True, help="Directory for checkpoints and metrics.json.")
+    p.add_argument(
+        "--model-name", default="bert-base-uncased",
+        help=f"Encoder: hub id, local directory, or '{OFFLINE_ENCODER}' for the offline all-MiniLM-L6-v2.",
+    )
+    p.add_argument("--max-length", type=int, default=128, help="Tokens per prompt (longer ones are truncated).")
+    p.add_argument("--truncation", choices=TRUNCATIONS, default="head",
+                   help="How a prompt over --max-length is cut: head keeps its first tokens (the original "
+                        "release); middle keeps its first and last halves, so an instruction after long "
+                        "material is seen. Serve the ranker with the same (PREDICTOR_TRUNCATION).")
+    p.add_argument("--pooling", choices=POOLINGS, default="pooler",
+                   help="What fc reads: pooler is the encoder's pooler output (CLS when it has none; the "
+                        "original release); mean is the mean of the prompt's token states, which "
+                        "sentence-transformers encoders were trained to pool. Serve the ranker with the "
+                        "same (PREDICTOR_POOLING).")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="Pairs per optimizer step (rows with --pairing in-batch), over all ranks together.")
+    p.add_argument("--num-epochs", type=int, default=3, help="Passes over the train pairs.")
+    p.add_argument("--learning-rate", type=float, default=2e-5, help="AdamW peak learning rate.")
+    p.add_argument("--margin", type=float, default=1.0, help="MarginRankingLoss margin.")
+    p.add_argument("--warmup-ratio", type=float, default=0.1, help="Share of steps with linear warm-up.")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
+    p.add_argument("--optim", choices=("adamw_torch_fused", "adamw_torch"), default="adamw_torch_fused",
+                   help="AdamW kernel, named as in transformers' TrainingArguments: the same update either way. "
+                        "fused: one kernel over all parameters (CPU and CUDA); adamw_torch: torch's default, "
+                        "which on CPU loops over the parameter tensors one by one.")
+    p.add_argument("--mixed-precision", choices=precision.CHOICES, default="auto",
+                   help="Autocast dtype of the forward pass; weights and optimizer stay float32. auto: fp16 with "
+                        "loss scaling on CUDA (the original's AMP); bf16 on a CPU with AMX or AVX512-BF16 "
+                        "(about 1.5x faster steps), except with --batching original, which keeps the original's "
+                        "float32 on CPU; no elsewhere.")
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (per rank).")
+    p.add_argument("--seed", type=int, default=42, help="Seed of shuffling, subsampling and init.")
+    p.add_argument("--resume-from", default=None, help="Start from this checkpoint's weights (a state_dict).")
+    # Beyond the original: bounds for a time budget, device choice, ranking metrics.
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="Stop after this many optimizer steps (the schedule is fitted to it).")
+    p.add_argument("--max-train-minutes", type=float, default=None,
+                   help="Wall-clock budget: stop training once this much time has passed (then validate and save).")
+    p.add_argument("--max-train-samples", type=int, default=None, help="Use a seeded random subset of train pairs.")
+    p.add_argument("--max-eval-samples", type=int, default=None, help="Use a seeded random subset of val pairs.")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (under torchrun each rank takes the GPU of its LOCAL_RANK).")
+    p.add_argument(
+        "--val-data-file", default=None,
+        help="val_data.json for Kendall's tau per epoch; by default the one beside --val-file, if any.",
+    )
+    p.add_argument(
+        "--pairing", choices=("pairs", "in-batch"), default="pairs",
+        help="pairs: train on --train-file's pairs (the original). in-batch: encode --batch-size prompts of "
+             "train_data.json per step and apply the loss to every in-batch pair passing the threshold.",
+    )
+    p.add_argument("--train-data-file", default=None,
+                   help="train_data.json for --pairing in-batch; by default the one beside --train-file.")
+    p.add_argument("--similarity-threshold", type=float, default=0.2,
+                   help="--pairing in-batch: minimum relative length difference of a pair.")
+    p.add_argument("--pair-weighting", choices=PAIR_WEIGHTINGS, default="none",
+                   help="--pairing in-batch: none weighs every pair alike (the original loss); length-diff "
+                        "weighs a pair by the difference of its answer lengths (capped at --pair-weight-cap), "
+                        "what misordering it costs a shortest-first scheduler.")
+    p.add_argument("--pair-weight-cap", type=float, default=None,
+                   help="--pair-weighting length-diff: answer lengths are capped here first, in "
+                        "answer_length's units. Default: the 98th percentile of the train rows' lengths, so a "
+                        "few very long answers do not outweigh the rest.")
+    p.add_argument(
+        "--batching", choices=("fast", "original"), default="fast",
+        help="fast: tokenize each distinct prompt once up front, pad each batch to its own longest prompt "
+             "(A and B prompts together, length-sorted into at most four forward passes). original: the "
+             "original release's exact behaviour for --pairing pairs: tokenize each batch as it is drawn, pad "
+             "every prompt to --max-length, plain shuffled batches. Same scores and loss either way.",
+    )
+    p.add_argument(
+        "--group-by-length", action=argparse.BooleanOptionalAction, default=None,
+        help="Batch items of similar token length together (sorted within windows of 50 batches, batches "
+             "shuffled, seeded): far less padding. Default: on for --pairing pairs with --batching fast, "
+             "off otherwise (for in-batch it changes which rows meet, so it stays opt-in).",
+    )
+    p.add_argument(
+        "--group-by-prompt", action=argparse.BooleanOptionalAction, default=None,
+        help="Keep pairs that share their prompt A in the same batch (groups shuffled, then length-sorted as "
+             "above) and encode each distinct prompt of a batch once: ~1.1 encodings per pair instead of 2 on "
+             "the preprocess scripts' pair files. Default: on for --pairing pairs with --batching fast.",
+    )
+    p.add_argument("--prompt-group-size", type=int, default=None,
+                   help="With --group-by-prompt: cut a prompt's group into pieces of at most this many pairs, "
+                        "placed apart, so a batch mixes more prompts (~1 + 1/N prompts encoded per pair); 0: "
+                        "whole groups (fastest, ~1.5 points of val accuracy lost at equal steps). Default: 2, "
+                        "which keeps the original's accuracy per step.")
+    p.add_argument("--select-by", choices=SELECT_BY, default="val_accuracy",
+                   help="Metric that picks best_model.pt.")
+    p.add_argument("--save-state", action="store_true",
+                   help=f"Write the full training state ({STATE_FILE}: model, optimizer, scheduler, RNG, position) "
+                        "to --output-dir at the end of every epoch, atomically, for --resume-state.")
+    p.add_argument("--save-every-steps", type=int, default=None,
+                   help=f"Also write {STATE_FILE} every N optimizer steps (implies --save-state).")
+    p.add_argument("--resume-state", default=None,
+                   help=f"Continue an interrupted run from this {STATE_FILE} (same arguments) to the same result; "
+                        f"'auto': --output-dir/{STATE_FILE} when it exists, else start afresh.")
+    # For tests of the resume path: the process SIGKILLs itself after this optimizer step, mid-epoch.
+    p.add_argument("--debug-kill-after-step", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    for name in ("batch_size", "num_epochs", "max_length"):
+        if getattr(args, name) < 1:
+            raise PARSError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.save_every_steps is not None:
+        if args.save_every_steps < 1:
+            raise PARSError("--save-every-steps must be >= 1")
+        args.save_state = True
+    if args.batching == "original":
+        if args.pairing != "pairs":
+            raise PARSError("--batching original reproduces the original release, which has only --pairing pairs")
+        if args.group_by_length or args.group_by_prompt:
+            raise PARSError("--batching original uses plain shuffled batches; drop --group-by-length/--group-by-prompt")
+    if args.prompt_group_size is not None and args.prompt_group_size < 0:
+        raise PARSError("--prompt-group-size must be >= 0 (0: whole groups)")
+    if args.pair_weighting != "none" and args.pairing != "in-batch":
+        raise PARSError("--pair-weighting needs the rows' answer lengths: use it with --pairing in-batch")
+    if args.pair_weight_cap is not None and args.pair_weight_cap <= 0:
+        raise PARSError("--pair-weight-cap must be > 0")
+    if args.group_by_prompt and args.pairing != "pairs":
+        raise PARSError("--group-by-prompt groups pairs by their prompt A; --pairing in-batch has no pairs to group")
+    fast_pairs = args.pairing == "pairs" and args.batching == "fast"
+    if args.group_by_length is None:
+        args.group_by_length = fast_pairs
+    if args.group_by_prompt is None:
+        args.group_by_prompt = fast_pairs
+    if args.prompt_group_size is not None and not args.group_by_prompt:
+        raise PARSError("--prompt-group-size cuts the groups of --group-by-prompt, which is off here")
+    if args.group_by_prompt:
+        # pieces of 2: the original's val accuracy per step; whole groups encode fewer tokens but lose ~1.5
+        # points at equal steps (benchmarks/results/train_bench_bf16.json, predictor_train/README.md)
+        size = DEFAULT_PROMPT_GROUP_SIZE if args.prompt_group_size is None else args.prompt_group_size
+        args.prompt_group_size = size or None  # None: whole groups
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+class PassScorer(nn.Module):
+    """Scores of several padded forward passes, concatenated: one module call per step, as DDP needs
+    (its gradient hooks expect one forward per backward)."""
+
+    def __init__(self, ranker: PairwiseRanker) -> None:
+        super().__init__()
+        self.ranker = ranker
+
+    def forward(self, input_ids: list[torch.Tensor], attention_mask: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([self.ranker.score(i, m) for i, m in zip(input_ids, attention_mask, strict=True)])
+
+
+def validate(scorer: PromptScorer, val_pairs, val_rows, batch_size: int, criterion,
+             info: dist.DistInfo | None = None) -> dict[str, float]:
+    """val_loss and val_accuracy over the val pairs (as the original counts them: mean of per-batch losses,
+    score_A > score_B against label), and Kendall's tau over the val rows when given.
+
+    Each distinct prompt is scored once, in length-sorted batches: val pairs reuse every val prompt ~20
+    times, so this is the same numbers as encoding pair by pair at a fraction of the cost. Under torchrun
+    each rank scores every W-th prompt and the scores are gathered, so every rank computes the same metrics
+    over all val pairs, exactly as one process would."""
+    info = info or dist.DistInfo()
+    scorer.model.eval()
+    prompts = {p[k] for p in val_pairs for k in ("prompt_A", "prompt_B")}
+    if val_rows is not None:
+        prompts.update(r["prompt"] for r in val_rows)
+    prompts = sorted(prompts)
+    mine = prompts[info.rank :: info.world_size]
+    shards = dist.gather_objects(scorer.score_many(mine, batch_size=64, progress=info.is_main))
+    table = {p: s for r, shard in enumerate(shards) for p, s in zip(prompts[r :: info.world_size], shard,
+                                                                       strict=True)}
+    score_a = torch.tensor([table[p["prompt_A"]] for p in val_pairs])
+    score_b = torch.tensor([table[p["prompt_B"]] for p in val_pairs])
+    labels = torch.tensor([float(p["label"]) for p in val_pairs])
+    losses = [criterion(score_a[i : i + batch_size], score_b[i : i + batch_size],
+                        2 * labels[i : i + batch_size] - 1).item() for i in range(0, len(val_pairs), batch_size)]
+    result = {"val_loss": sum(losses) / len(losses),
+              "val_accuracy": pairwise_accuracy(score_a.tolist(), score_b.tolist(), [p["label"] for p in val_pairs])}
+    if val_rows is not None:
+        scores, lengths = [table[r["prompt"]] for r in val_rows], [r["answer_length"] for r in val_rows]
+        result["val_kendall_tau"] = kendall_tau(scores, lengths)
+        result["val_length_weighted_tau"] = length_weighted_tau(scores, lengths, cap=length_cap(lengths))
+    return result
+
+
+def find_beside(explicit: str | None, pair_file: str, name: str) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    beside = Path(pair_file).with_name(name)
+    return beside if beside.is_file() else None
+
+
+def pair_loss(scores: torch.Tensor, batch: dict[str, Any], criterion, weight: float):
+    """Loss of the step's pairs: scores hold the A prompts, then the B prompts. `weight` = this rank's share
+    of the global batch times the world size (1.0 on one process), so that DDP's average of the ranks'
+    gradients is exactly the gradient of the global batch's mean loss even when shards differ in size."""
+    n = len(batch["labels"])
+    return criterion(scores[:n].float(), scores[n:].float(), 2 * batch["labels"] - 1) * weight
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    info, device = dist.setup(args.device)
+    try:
+        return train(args, info, device)
+    finally:
+        dist.cleanup()
+
+
+def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -> int:
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    say = print if info.is_main else (lambda *a, **k: None)
+
+    # ---- data ----
+    if not Path(args.train_file).is_file():
+        read_json(args.train_file, "train file")  # one line: not found, a directory, ...
+    tokenizer = load_tokenizer(args.model_name)
+    index = None
+    if args.pairing == "pairs" and args.batching == "fast":
+        # streamed: only the distinct prompts' token ids and three small integers per pair stay in memory
+        index = PairIndex.from_file(args.train_file, tokenizer, args.max_length, args.max_train_samples,
+                                    args.seed, progress=info.is_main, truncation=args.truncation)
+        train_items = None
+    elif args.pairing == "pairs":
+        train_items = load_pairs(args.train_file, "train file")
+    else:
+        check_threshold(args.similarity_threshold)
+        train_data_path = find_beside(args.train_data_file, args.train_file, "train_data.json")
+        if train_data_path is None:
+            raise PARSError("--pairing in-batch needs --train-data-file (or train_data.json beside --train-file)")
+        train_items = load_rows(train_data_path, "train data file")
+    if train_items is not None:
+        train_items = subsample(train_items, args.max_train_samples, args.seed)
+    n_train = len(train_items if index is None else index)
+    if n_train < info.world_size:
+        raise PARSError(f"{n_train} train items cannot be split over {info.world_size} ranks")
+    val_pairs = subsample(load_pairs(args.val_file, "val file"), args.max_eval_samples, args.seed)
+    val_data_path = find_beside(args.val_data_file, args.val_file, "val_data.json")
+    val_rows = load_rows(val_data_path, "val data file") if val_data_path else None
+    if args.select_by != "val_accuracy" and val_rows is None:
+        raise PARSError(f"--select-by {args.select_by} needs --val-data-file (or val_data.json beside --val-file)")
+
+    mixed_precision = precision.resolve(args.mixed_precision, device, args.batching == "original")
+    use_cuda = device.type == "cuda"
+    lengths = groups = None
+    if args.batching == "original":  # the pair dicts stay in memory and are tokenized batch by batch
+        dataset, collate = ListDataset(train_items), PairCollator(tokenizer, args.max_length, args.truncation)
+    else:  # token ids of each distinct prompt once; items are indices into them
+        if index is None:
+            index = RowIndex(train_items, tokenizer, args.max_length, progress=info.is_main,
+                             truncation=args.truncation)
+            del train_items
+        dataset = ListDataset(range(n_train))
+        collate = FastPairCollator(index) if args.pairing == "pairs" else FastRowCollator(index)
+        if args.group_by_prompt:
+            groups = index.group_ids()
+            lengths = index.group_key_lengths() if args.group_by_length else None
+        else:
+            lengths = index.group_lengths() if args.group_by_length else None
+    weight_cap = None
+    if args.pair_weighting == "length-diff":
+        weight_cap = args.pair_weight_cap or length_cap(index.answer_lengths)
+    batches = EpochBatches(n_train, args.batch_size, args.seed, lengths, drop_last=args.pairing == "in-batch",
+                           rank=info.rank, world_size=info.world_size, groups=groups,
+                           max_group=args.prompt_group_size)
+    loader_rng = torch.Generator()  # the DataLoader draws its worker seed here, never from the global RNG
+
+    def epoch_loader(epoch: int, start: int) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=FixedBatches(batches.rank_batches(epoch, start)),
+                          num_workers=args.num_workers, collate_fn=collate, pin_memory=use_cuda,
+                          generator=loader_rng)
+
+    # ---- model ----
+    model = PairwiseRanker.from_pretrained(args.model_name, args.pooling)
+    if args.resume_from:
+        load_state_dict_into(model, read_state_dict(args.resume_from), args.resume_from)
+    state = None
+    state_path = output_dir / STATE_FILE if args.resume_state == "auto" else args.resume_state
+    if state_path is not None and (args.resume_state != "auto" or Path(state_path).is_file()):
+        state = load_state(state_path)
+        load_state_dict_into(model, state["model"], str(state_path))
+    model.to(device)
+    scorer = PromptScorer(model, tokenizer, max_length=args.max_length, device=device, truncation=args.truncation)
+    passes = PassScorer(model)
+    if info.enabled:
+        passes = DistributedDataParallel(passes, device_ids=[device.index] if device.type == "cuda" else None)
+    if info.rank:  # dropout masks differ across ranks (rank 0 keeps the single-process stream)
+        torch.manual_seed(args.seed + info.rank)
+
+    # ---- optimizer and schedule ----
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=args.optim == "adamw_torch_fused")
+    criterion = nn.MarginRankingLoss(margin=args.margin)
+    steps_per_epoch = len(batches)
+    total_steps = args.num_epochs * steps_per_epoch
+    if args.max_steps is not None:
+        total_steps = min(total_steps, args.max_steps)
+    num_epochs = min(args.num_epochs, math.ceil(total_steps / steps_per_epoch))
+    scheduler = get_linear_schedule_with_warmup(
+        optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+    # loss scaling guards fp16's narrow exponent; bf16 has float32's
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed_precision == "fp16")
+    say(f"device={device} mixed_precision={mixed_precision} ranks={info.world_size} pairing={args.pairing} "
+        f"batching={args.batching} "
+        f"group_by_length={args.group_by_length} group_by_prompt={args.group_by_prompt} train_items={n_train} "
+        f"val_pairs={len(val_pairs)} "
+        f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else "")
+        + (f" pair_weighting={args.pair_weighting} pair_weight_cap={weight_cap:g}" if weight_cap else ""))
+
+    # ---- loop state (everything a resumed run needs beyond the weights) ----
+    signature = {"train_items": n_train, "batch_size": args.batch_size, "seed": args.seed, "pairing": args.pairing,
+                 "batching": args.batching, "group_by_length": args.group_by_length,
+                 "group_by_prompt": args.group_by_prompt, "prompt_group_size": args.prompt_group_size,
+                 "total_steps": total_steps,
+                 "world_size": info.world_size,
+                 # the same weights see other tokens under another cut
+                 "max_length": args.max_length, "truncation": args.truncation, "pooling": args.pooling,
+                 "pair_weighting": args.pair_weighting, "pair_weight_cap": weight_cap}
+    best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf, "val_length_weighted_tau": -math.inf}
+    history: list[dict[str, Any]] = []
+    # position: epoch, batches of it consumed, optimizer steps in all and at its start; running sums
+    pos = {"epoch": 0, "batch": 0, "step": 0, "epoch_start_step": 0, "running_loss": 0.0, "epoch_steps": 0}
+    counts = {"pairs": 0, "prompts": 0, "real_tokens": 0, "padded_tokens": 0, "loop_seconds": 0.0,
+              "train_seconds": 0.0}
+    if state is not None:
+        check_signature(state["signature"], signature, state_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        best, history, pos, counts = state["best"], state["history"], state["position"], state["counts"]
+        restore_rng(state["rng"][info.rank])  # last: everything above may have drawn random numbers
+        say(f"Resumed from {state_path}: epoch {pos['epoch'] + 1}, batch {pos['batch']}, step {pos['step']}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter() - counts["train_seconds"]
+
+    def write_state() -> None:
+        """Collective (every rank's RNG is gathered), so every rank calls it at the same point."""
+        rngs = dist.gather_objects(capture_rng())
+        if info.is_main:
+            save_state({"signature": signature, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "best": best,
+                        "history": history, "position": pos,
+                        "counts": {**counts, "train_seconds": time.perf_counter() - start}, "rng": rngs},
+                       output_dir / STATE_FILE)
+        dist.barrier()
+
+    def out_of_time() -> bool:
+        late = args.max_train_minutes is not None and time.perf_counter() - start >= 60 * args.max_train_minutes
+        return late if not info.enabled else dist.sum_across_ranks([float(late)], device)[0] > 0  # ranks agree
+
+    # ---- loop ----
+    stopped_early = False
+    while pos["epoch"] < num_epochs and not stopped_early:
+        epoch = pos["epoch"]
+        model.train()
+        epoch_len = min(steps_per_epoch, total_steps - pos["epoch_start_step"])
+        global_sizes = [len(b) for b in batches.global_batches(epoch)][pos["batch"] : epoch_len]
+        progress = tqdm(zip(global_sizes, epoch_loader(epoch, pos["batch"]), strict=False),
+                        desc=f"Epoch {epoch + 1}/{num_epochs}", total=epoch_len, initial=pos["batch"],
+                        disable=not info.is_main)
+        tick = time.perf_counter()
+        for global_size, batch in progress:
+            pos["batch"] += 1
+            if args.pairing == "in-batch":
+                # pairs span the whole global batch: every rank forms them from all ranks' lengths
+                sizes = batches.shard_sizes(global_size)
+                all_lengths = dist.gather_with_grad(batch["lengths"].to(device), sizes)
+                i, j, target = in_batch_pairs(all_lengths, args.similarity_threshold)
+                if target.numel() == 0:  # no pair of this batch passes the threshold (same on every rank)
+                    continue
+            input_ids = [t.to(device, non_blocking=True) for t in batch["input_ids"]]
+            attention_mask = [t.to(device, non_blocking=True) for t in batch["attention_mask"]]
+            optimizer.zero_grad(set_to_none=True)
+            with precision.autocast(precision.DTYPES.get(mixed_precision), device):
+                # the loss in float32 whatever the matmuls ran in
+                scores = passes(input_ids, attention_mask)[batch["restore"].to(device)].float()
+                if args.pairing == "pairs":
+                    batch["labels"] = batch["labels"].to(device)
+                    loss = pair_loss(scores, batch, criterion, len(batch["labels"]) * info.world_size / global_size)
+                    n_pairs = len(batch["labels"])
+                else:
+                    scores = dist.gather_with_grad(scores, sizes)
+                    if weight_cap is None:
+                        loss = criterion(scores[i], scores[j], target)
+                    else:
+                        loss = weighted_margin_loss(scores[i], scores[j], target,
+                                                    pair_weights(all_lengths, i, j, weight_cap), args.margin)
+                    n_pairs = target.numel() / info.world_size  # every rank holds all of them
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+
+            pos["running_loss"] += loss.item()
+            pos["epoch_steps"] += 1
+            pos["step"] += 1
+            counts["pairs"] += n_pairs
+            counts["prompts"] += sum(len(t) for t in attention_mask)
+            counts["real_tokens"] += int(sum(m.sum() for m in attention_mask))
+            counts["padded_tokens"] += sum(m.numel() for m in attention_mask)
+            progress.set_postfix(loss=f"{pos['running_loss'] / pos['epoch_steps']:.4f}")
+            if args.save_every_steps and pos["step"] % args.save_every_steps == 0:
+                counts["loop_seconds"] += time.perf_counter() - tick
+                write_state()
+                tick = time.perf_counter()
+            if args.debug_kill_after_step == pos["step"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+            if out_of_time():
+                stopped_early = True
+                break
+        counts["loop_seconds"] += time.perf_counter() - tick
+
+        # the mean of the ranks' weighted step losses is the global batch's mean loss
+        loss_sum, steps_done = dist.sum_across_ranks([pos["running_loss"], pos["epoch_steps"]], device)
+        train_loss = loss_sum / max(steps_done, 1)
+        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss,
+                                  **validate(scorer, val_pairs, val_rows, args.batch_size, criterion, info),
+                                  "steps": pos["step"], "elapsed_seconds": round(time.perf_counter() - start, 1)}
+        model.train()
+        line = f"Epoch {epoch + 1}: train_loss={train_loss:.4f}, val_loss={record['val_loss']:.4f}, " \
+               f"val_accuracy={record['val_accuracy']:.4f}"
+        if "val_kendall_tau" in record:
+            line += f", val_kendall_tau={record['val_kendall_tau']:.4f}, " \
+                    f"val_length_weighted_tau={record['val_length_weighted_tau']:.4f}"
+        history.append(record)
+        say(line)
+
+        metric = args.select_by
+        if record[metric] > best.get(metric, -math.inf):  # a state from an older version lacks newer keys
+            best = {k: record.get(k, best.get(k)) for k in {*best, metric}}
+            if info.is_main:
+                save_checkpoint(model, output_dir / "best_model.pt")
+        pos = {"epoch": epoch + 1, "batch": 0, "step": pos["step"], "epoch_start_step": pos["step"],
+               "running_loss": 0.0, "epoch_steps": 0}
+        if args.save_state:
+            write_state()
+        if stopped_early:
+            say(f"Stopping: --max-train-minutes {args.max_train_minutes} reached after {pos['step']} steps")
+
+    # ---- outputs (rank 0): the original's keys first, then ours ----
+    peaks = dist.gather_objects(peak_rss_mib())
+    totals = dist.sum_across_ranks([counts[k] for k in ("pairs", "prompts", "real_tokens", "padded_tokens")], device)
+    if info.is_main:
+        save_checkpoint(model, output_dir / "last_model.pt")
+        loop_seconds = counts["loop_seconds"]
+        metrics = {
+            "train_file": args.train_file,
+            "val_file": args.val_file,
+            "model_name": args.model_name,
+            "batch_size": args.batch_size,
+            "num_epochs": args.num_epochs,
+            "learning_rate": args.learning_rate,
+            "margin": args.margin,
+            "max_length": args.max_length,
+            "truncation": args.truncation,
+            "pooling": args.pooling,
+            "best_val_accuracy": best["val_accuracy"],
+            "history": history,
+            "select_by": args.select_by,
+            "best_val_kendall_tau": best["val_kendall_tau"] if val_rows is not None else None,
+            "best_val_length_weighted_tau": best.get("val_length_weighted_tau") if val_rows is not None else None,
+            "val_data_file": str(val_data_path) if val_data_path else None,
+            "pairing": args.pairing,
+            "pair_weighting": args.pair_weighting,
+            "pair_weight_cap": weight_cap,
+            "batching": args.batching,
+            "group_by_length": args.group_by_length,
+            "group_by_prompt": args.group_by_prompt,
+            "prompt_group_size": args.prompt_group_size,
+            "optim": args.optim,
+            "mixed_precision": mixed_precision,
+            "train_items": n_train,
+            "val_pairs": len(val_pairs),
+            "steps": pos["step"],
+            "device": str(device),
+            "world_size": info.world_size,
+            "train_seconds": round(time.perf_counter() - start, 1),
+            "seed": args.seed,
+            # training loop only (no validation, no start-up), summed over ranks
+            "throughput": {
+                "loop_seconds": round(loop_seconds, 2),
+                "pairs": int(totals[0]),
+                "prompts_encoded": int(totals[1]),
+                "real_tokens": int(totals[2]),
+                "padded_tokens": int(totals[3]),
+                "pairs_per_second": round(totals[0] / loop_seconds, 3) if loop_seconds else None,
+                "prompts_per_second": round(totals[1] / loop_seconds, 3) if loop_seconds else None,
+            },
+            "peak_rss_mib": peaks,  # one per rank
+            "resumed_from_state": str(state_path) if state is not None else None,
+        }
+        write_json_atomic(metrics, output_dir / "metrics.json")
+        curves = plot_training_curves(output_dir / "metrics.json", output_dir / "training_curves.png")
+        print(f"Saved best checkpoint to {output_dir / 'best_model.pt'}")
+        print(f"Saved last checkpoint to {output_dir / 'last_model.pt'}")
+        print(f"Saved metrics to {output_dir / 'metrics.json'} and training curves to {curves}")
+    dist.barrier()
+    return 0
