@@ -30,7 +30,7 @@ echo "== 2/4 train the MiniLM ranker: one epoch of in-batch pairs (3-8 minutes o
 # the pair file); length-grouped batches cut padding. --max-train-minutes bounds slower machines.
 # MiniLM is a sentence-transformers encoder, trained to be mean-pooled: fc reads the mean of the token states,
 # and a long prompt keeps its first and last tokens (its question often comes after its material). Together
-# +0.027 of val tau on ShareGPT over pooler + head (results/README.md); evaluation and serving use the same.
+# +0.027 of val tau on ShareGPT over pooler + head (experiments/rankers/README.md); evaluation and serving use the same.
 POOLING=mean TRUNCATION=middle
 "$PY" predictor_train/scripts/train_pairwise_bert.py \
   --train-file "${OUT}/data/train_pairs_length_diff_0.2.json" \

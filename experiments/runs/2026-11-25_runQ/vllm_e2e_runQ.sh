@@ -1,4 +1,5 @@
 #!/bin/bash
+# Paths updated for the issue-29 layout; the script as it ran is in git history (7c28646).
 # Run Q (written 2026-11-25 09:50 UTC, before any of its traces ran): the MiniLM mean+middle ranker
 # (sg_inbatch_bf16_mean_middle, int8) at two loads on new traces. Two questions:
 #  1. load 2, runs M-P's highest rate: more traces for the by-trace pool of this ranker (runs N + P: 15 traces,
@@ -13,12 +14,12 @@ cd /work/main
 CKPT=runs/sg_inbatch_bf16_mean_middle/best_model.pt
 for seed in 31 32 33 34 35 36 37 38 39 40 41 42; do
   if [ "$(date -u +%H%M)" -ge 1150 ]; then echo "stop before seed $seed $(date -u +%H:%M:%S)" >> /tmp/runQ.progress; break; fi
-  .venv/bin/python benchmarks/vllm_e2e.py --start --model-dir /tmp/pars-llama22m --data /tmp/sg/val_data.json \
+  .venv/bin/python -m experiments.vllm_e2e --start --model-dir /tmp/pars-llama22m --data /tmp/sg/val_data.json \
     --ranker-path $CKPT --ranker-pooling mean --ranker-truncation middle \
     --predictor-backend onnx-int8 --predictor-threads 1 \
     --onnx-cache-dir /tmp/onnx_cache --predictor-timeout-ms 1000 --no-fcfs-gateway --fairness-windows 1000 \
     --load-factors 1.5,2 --num-requests 80 --repeats 2 --client-nice 10 --probe 20 --seed $seed --side-cpus 1 \
     --policies "fcfs,oracle,pars@1000" \
-    --out benchmarks/results/vllm_e2e_runQ_seed$seed.json > /tmp/runQ_seed$seed.log 2>&1
+    --out experiments/runs/2026-11-25_runQ/vllm_e2e_runQ_seed$seed.json > /tmp/runQ_seed$seed.log 2>&1
   echo "seed $seed rc $? $(date -u +%H:%M:%S)" >> /tmp/runQ.progress
 done

@@ -1,4 +1,5 @@
 #!/bin/bash
+# Paths updated for the issue-29 layout; the script as it ran is in git history (031f1bb).
 # Run R (written 2026-11-25 12:45 UTC, before any of its traces ran): all of vLLM on core 0, all of PARS on core 1.
 # Runs M-Q pinned only vLLM's Worker (core 0) and PARS's predictor, gateway and client (core 1, --side-cpus 1);
 # vLLM's API server and EngineCore processes floated over both cores, so the scoring on core 1 slowed them, in
@@ -15,12 +16,12 @@ cd /work/main
 CKPT=runs/sg_inbatch_bf16_mean_middle/best_model.pt
 for seed in 39 40 41 42 43 44 45 46 47 48 49 50 51 52; do
   if [ "$(date -u +%H%M)" -ge 1430 ]; then echo "stop before seed $seed $(date -u +%H:%M:%S)" >> /tmp/runR.progress; break; fi
-  .venv/bin/python benchmarks/vllm_e2e.py --start --model-dir /tmp/pars-llama22m --data /tmp/sg/val_data.json \
+  .venv/bin/python -m experiments.vllm_e2e --start --model-dir /tmp/pars-llama22m --data /tmp/sg/val_data.json \
     --ranker-path $CKPT --ranker-pooling mean --ranker-truncation middle \
     --predictor-backend onnx-int8 --predictor-threads 1 \
     --onnx-cache-dir /tmp/onnx_cache --predictor-timeout-ms 1000 --no-fcfs-gateway --fairness-windows 1000 \
     --load-factors 2 --num-requests 80 --repeats 2 --client-nice 10 --probe 20 --seed $seed \
     --side-cpus 1 --vllm-cpus 0 --engine-cpus 0 --policies "fcfs,oracle,pars@1000" \
-    --out benchmarks/results/vllm_e2e_runR_seed$seed.json > /tmp/runR_seed$seed.log 2>&1
+    --out experiments/runs/2026-11-25_runR/vllm_e2e_runR_seed$seed.json > /tmp/runR_seed$seed.log 2>&1
   echo "seed $seed rc $? $(date -u +%H:%M:%S)" >> /tmp/runR.progress
 done
