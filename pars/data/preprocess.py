@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from pars.common.errors import PARSError
+from pars.common.errors import PARSError, run_cli
 from pars.common.hub import hub_offline_requested, hub_reachable
 from pars.common.jsonio import write_json_files_atomic
 from pars.data import sharegpt
@@ -256,6 +257,25 @@ def main(spec_name: str, argv: Sequence[str] | None = None) -> int:
     args = build_parser(spec).parse_args(argv)
     preprocess(spec, args)
     return 0
+
+
+def dataset_main(argv: Sequence[str] | None = None) -> int:
+    """`pars-preprocess DATASET [flags]`: the dataset's script, named by its first argument."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    names = ", ".join(SPECS)
+    if not argv or argv[0] in ("-h", "--help"):
+        rows = "\n".join(f"  {s.name:<10} {s.description}" for s in SPECS.values())
+        print(f"usage: pars-preprocess DATASET [flags]   (`pars-preprocess DATASET --help` lists the flags)\n\n"
+              f"DATASET, one of {names}:\n{rows}")
+        return 0 if argv else 2
+    if argv[0] not in SPECS:
+        raise PARSError(f"unknown dataset {argv[0]!r}: use one of {names}")
+    return main(argv[0], argv[1:])
+
+
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
+    run_cli(dataset_main)
 
 
 def _first_line(exc: BaseException) -> str:

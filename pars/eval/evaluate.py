@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pars.common.errors import PARSError
+from pars.common.errors import PARSError, run_cli
 from pars.common.hub import OFFLINE_ENCODER
 from pars.common.jsonio import write_json_files_atomic
 from pars.data.pairs import pair_file_name
@@ -516,3 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in [*files, *plots.values()]:
         print(f"Saved {path}")
     return 0
+
+
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
+    run_cli(main)

@@ -8,4 +8,5 @@ scorers   remote (/score_batch, batched) or in-process (the service's batcher) s
 proxy     forwarding a request upstream and relaying the answer, streams included
 observability  the gateway's Prometheus metrics
 app       the Starlette app factory and its lifespan
+cli       the command line (pars-gateway): uvicorn, and --help listing every setting
 """

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformers import AutoModelForSequenceClassification
 
-from pars.common.errors import PARSError
+from pars.common.errors import PARSError, run_cli
 from pars.common.hub import OFFLINE_ENCODER
 from pars.model.checkpoint import load_ranker
 from pars.model.ranker import PairwiseRanker, load_tokenizer
@@ -67,3 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_tokenizer(args.model_name).save_pretrained(out)
     print(f"Saved {out} (AutoModelForSequenceClassification, 1 output: logit = ranker score)")
     return 0
+
+
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
+    run_cli(main)

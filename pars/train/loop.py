@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from pars.common.errors import PARSError
+from pars.common.errors import PARSError, run_cli
 from pars.common.hub import OFFLINE_ENCODER
 from pars.common.jsonio import read_json, write_json_atomic
 from pars.data.pairs import check_threshold
@@ -578,3 +578,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         print(f"Saved metrics to {output_dir / 'metrics.json'} and training curves to {curves}")
     dist.barrier()
     return 0
+
+
+def cli() -> None:
+    """The console script (pyproject.toml's [project.scripts])."""
+    run_cli(main)

@@ -4,9 +4,9 @@ that sets each completions/chat request's `priority` from the ranker's score.
     GATEWAY_UPSTREAM_URL=http://127.0.0.1:8000 GATEWAY_PREDICTOR_URL=http://127.0.0.1:8001 \
         uvicorn scripts.pars_gateway:app --host 127.0.0.1 --port 8080
 
-or `python scripts/pars_gateway.py` (binds GATEWAY_HOST:GATEWAY_PORT). Settings are read from GATEWAY_*
-variables when the server starts (pars/gateway/settings.py); with GATEWAY_SCORER=local the ranker is
-loaded in-process from the predictor service's PREDICTOR_* variables.
+or `python scripts/pars_gateway.py` (binds GATEWAY_HOST:GATEWAY_PORT; `--help` lists every setting).
+Settings are read from GATEWAY_* variables when the server starts (pars/gateway/settings.py); with
+GATEWAY_SCORER=local the ranker is loaded in-process from the predictor service's PREDICTOR_* variables.
 """
 
 from pars.gateway.app import create_app
@@ -14,9 +14,6 @@ from pars.gateway.app import create_app
 app = create_app()
 
 if __name__ == "__main__":
-    import uvicorn
+    from pars.gateway.cli import cli
 
-    from pars.gateway.settings import GatewaySettings
-
-    settings = GatewaySettings()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+    cli()
