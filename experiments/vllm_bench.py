@@ -44,12 +44,12 @@ from pathlib import Path
 import numpy as np
 
 from experiments.lib.bench_client import check_lengths, client_argv, summarize, write_dataset
-from experiments.lib.harness import Servers, log_dir_for, wait_up
+from experiments.lib.harness import Servers, log_dir_for
 from experiments.lib.paths import ROOT, RUNS
 from experiments.lib.reports import fmt, fmt_ci, md_head, tight_figure
 from experiments.lib.stats import over_traces
 from experiments.lib.traces import Request, build_trace, digest, prompt_rows
-from pars.common.processes import free_port, load_average
+from pars.common.processes import load_average
 
 DEFAULT_OUT = RUNS / "vllm_bench.json"
 POLICIES = ("fcfs", "pars", "oracle")
@@ -161,8 +161,8 @@ def policy_order(seed_index: int, policies: Sequence[str] = POLICIES) -> list[st
 
 
 def start_servers(args: argparse.Namespace, servers: Servers) -> dict[str, str]:
-    """vLLM, the predictor service, the fcfs and pars gateways as experiments.vllm_e2e starts them, and the
-    oracle gateway beside them; returns {"vllm": url, policy: gateway url}."""
+    """vLLM, the predictor service and the fcfs, pars and oracle gateways, started as experiments.vllm_e2e
+    starts its servers; returns {"vllm": url, policy: gateway url}."""
     from experiments.vllm_e2e.servers import start_all
     from pars.model.trained_settings import trained_settings
 
@@ -178,15 +178,8 @@ def start_servers(args: argparse.Namespace, servers: Servers) -> dict[str, str]:
         ranker_truncation=[trained["truncation"]] if "truncation" in trained else None,
         ranker_pooling=[trained["pooling"]] if "pooling" in trained else None)
     args.ranker_settings = trained
-    vllm_url, (fcfs_url, pars_url) = start_all(ns, servers)
-    port = free_port()
-    oracle_url = f"http://127.0.0.1:{port}"
-    env = {"GATEWAY_UPSTREAM_URL": vllm_url, "GATEWAY_SCORER": "max_tokens",
-           "GATEWAY_FAIRNESS_WINDOW_S": str(args.fairness_window_s)}
-    proc = servers.start("oracle-gw", [sys.executable, "-m", "uvicorn", "scripts.pars_gateway:app", "--host",
-                                       "127.0.0.1", "--port", str(port), "--no-access-log"], env,
-                         ROOT / "predictor_serving")
-    wait_up(proc, oracle_url, "/gateway/health", args.startup_timeout_s, "oracle-gw")
+    oracle = ("oracle-gw", {"GATEWAY_SCORER": "max_tokens", "GATEWAY_FAIRNESS_WINDOW_S": str(args.fairness_window_s)})
+    vllm_url, (fcfs_url, pars_url, oracle_url) = start_all(ns, servers, extra_gateways=[oracle])
     return {"vllm": vllm_url, "fcfs": fcfs_url, "pars": pars_url, "oracle": oracle_url}
 
 

@@ -21,8 +21,11 @@ def vllm_command(python: str, model_dir: str, port: int, max_num_seqs: int, max_
             str(max_model_len), "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
 
 
-def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str]]:
-    """Start everything --start asks for; returns the vLLM URL and the gateways ([RANKER=]URL, as --gateway)."""
+def start_all(args: argparse.Namespace, servers: Servers,
+              extra_gateways: Sequence[tuple[str, dict[str, str]]] = ()) -> tuple[str, list[str]]:
+    """Start everything --start asks for; returns the vLLM URL and the gateways ([RANKER=]URL, as --gateway).
+    `extra_gateways`: (name, GATEWAY_* settings) of more gateways in front of the same vLLM, started like the
+    others and listed last (experiments.vllm_bench's oracle)."""
     vport = free_port()
     vllm_url = f"http://127.0.0.1:{vport}"
     vllm_env = {"VLLM_CPU_KVCACHE_SPACE": str(args.kvcache_gib), "HF_HUB_OFFLINE": "1"}
@@ -70,6 +73,7 @@ def start_all(args: argparse.Namespace, servers: Servers) -> tuple[str, list[str
                      {**gw_env, **scorer_env, "GATEWAY_FAIRNESS_WINDOW_S": str(w),
                       "GATEWAY_PROMPT_LENGTH_WEIGHT": str(lw)}, niced if args.scorer == "local" else [])
                     for w in args.fairness_windows for lw in args.prompt_length_weights]
+    configs += [(name, None, {**gw_env, **env}, []) for name, env in extra_gateways]
     gateways = []
     for name, label, env, niced in configs:
         port = free_port()
