@@ -22,6 +22,7 @@ from experiments.lib.bench_client import (
     write_dataset,
 )
 from experiments.lib.traces import Request
+from experiments.vllm_e2e import cli, servers
 
 TRACE = [Request("a", "short prompt", 2, 5, 5), Request("b", "a prompt with\nlines and \"quotes\"", 7, 1500, 1024),
          Request("c", "ünïcode", 3, 1, 1)]
@@ -189,3 +190,23 @@ def test_help_and_one_line_errors(tmp_path, capsys):
         assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1, out.err
     code, out = call(["--data", str(tmp_path / "nope.json"), "--model-dir", str(model)], capsys)
     assert code == 2 and "no such file" in out.err
+
+
+def test_extra_gateways_start_like_the_others_in_front_of_the_same_vllm(monkeypatch):
+    """start_all's extra gateways (vllm_bench's oracle): the shared gateway settings under their own, listed last."""
+    started: dict[str, tuple[list[str], dict[str, str]]] = {}
+
+    class Recorder:
+        def start(self, name, cmd, env, cwd):
+            started[name] = (cmd, env)
+
+    monkeypatch.setattr(servers, "wait_up", lambda *a, **k: None)
+    args = cli.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows", "10",
+                                    "--ranker-path", "runs/a/best_model.pt"])
+    vllm_url, gateways = servers.start_all(args, Recorder(), extra_gateways=[
+        ("oracle-gw", {"GATEWAY_SCORER": "max_tokens", "GATEWAY_FAIRNESS_WINDOW_S": "10"})])
+    cmd, env = started["oracle-gw"]
+    assert env["GATEWAY_SCORER"] == "max_tokens" and env["GATEWAY_UPSTREAM_URL"] == vllm_url
+    assert env["GATEWAY_PREDICTOR_TIMEOUT_MS"] == started["fcfs-gw"][1]["GATEWAY_PREDICTOR_TIMEOUT_MS"]
+    assert "scripts.pars_gateway:app" in cmd
+    assert len(gateways) == 3 and gateways[-1] == f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"

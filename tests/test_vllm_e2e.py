@@ -597,23 +597,3 @@ def test_each_experiment_keeps_its_own_server_logs(tmp_path):
     b = log_dir_for(None, Path("experiments/runs/2026-11-25_runR/vllm_e2e_runR_seed40.json"))
     assert a != b and a == Path("/tmp/vllm_e2e_runR_seed39_logs")
     assert log_dir_for(tmp_path, Path("x.json")) == tmp_path
-
-
-def test_extra_gateways_start_like_the_others_in_front_of_the_same_vllm(monkeypatch):
-    """start_all's extra gateways (vllm_bench's oracle): the shared gateway settings under their own, listed last."""
-    started: dict[str, tuple[list[str], dict[str, str]]] = {}
-
-    class Recorder:
-        def start(self, name, cmd, env, cwd):
-            started[name] = (cmd, env)
-
-    monkeypatch.setattr(servers, "wait_up", lambda *a, **k: None)
-    args = cli.parser().parse_args(["--data", "d.json", "--model-dir", "m", "--start", "--fairness-windows", "10",
-                                    "--ranker-path", "runs/a/best_model.pt"])
-    vllm_url, gateways = servers.start_all(args, Recorder(), extra_gateways=[
-        ("oracle-gw", {"GATEWAY_SCORER": "max_tokens", "GATEWAY_FAIRNESS_WINDOW_S": "10"})])
-    cmd, env = started["oracle-gw"]
-    assert env["GATEWAY_SCORER"] == "max_tokens" and env["GATEWAY_UPSTREAM_URL"] == vllm_url
-    assert env["GATEWAY_PREDICTOR_TIMEOUT_MS"] == started["fcfs-gw"][1]["GATEWAY_PREDICTOR_TIMEOUT_MS"]
-    assert "scripts.pars_gateway:app" in cmd
-    assert len(gateways) == 3 and gateways[-1] == f"http://127.0.0.1:{cmd[cmd.index('--port') + 1]}"
