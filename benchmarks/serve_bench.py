@@ -63,13 +63,17 @@ def in_process_scorer(args, backend: str, warmup: list[str]):
 
     from pars.model.backends import load_inference_model
     from pars.model.ranker import load_tokenizer
+    from pars.model.ranker_config import resolve
     from pars.model.scoring import PromptScorer
     from pars.serving.settings import physical_cores
 
     threads = args.threads or physical_cores()
     torch.set_num_threads(threads)
-    model = load_inference_model(args.model_name, args.model_path, backend, args.onnx_cache_dir, threads=threads)
-    scorer = PromptScorer(model, load_tokenizer(args.model_name), max_length=args.max_length, device="cpu")
+    c = resolve(args.model_path, {"model_name": args.model_name, "max_length": args.max_length})  # as served
+    model = load_inference_model(c.model_name, args.model_path, backend, args.onnx_cache_dir, threads=threads,
+                                 pooling=c.pooling)
+    scorer = PromptScorer(model, load_tokenizer(c.model_name), max_length=c.max_length, device="cpu",
+                          truncation=c.truncation)
     scorer.score_many(warmup, batch_size=64)
     return scorer, threads
 
@@ -130,8 +134,10 @@ class Server:
             f"@{k.removeprefix('PREDICTOR_').lower()}={v}" for k, v in own_env.items())
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # The ranker's settings come from its ranker_config.json; the flags only for a checkpoint without one.
+        given = {"PREDICTOR_MODEL_NAME": args.model_name, "PREDICTOR_MAX_LENGTH": args.max_length}
         env = {**os.environ, "PREDICTOR_MODEL_PATH": str(Path(args.model_path).resolve()),
-               "PREDICTOR_MODEL_NAME": args.model_name, "PREDICTOR_MAX_LENGTH": str(args.max_length),
+               **{k: str(v) for k, v in given.items() if v is not None},
                "PREDICTOR_DEVICE": "cpu", "PREDICTOR_BATCHING": "on" if self.runner == "batching" else "off",
                "PREDICTOR_BACKEND": self.backend, "PREDICTOR_REQUEST_TIMEOUT_S": str(args.request_timeout)}
         if args.onnx_cache_dir:
@@ -461,15 +467,17 @@ def plot(results: list[dict], limits: list[dict], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-path", required=True)
-    p.add_argument("--model-name", required=True)
+    p.add_argument("--model-path", required=True, help="the ranker checkpoint (its ranker_config.json beside it)")
+    p.add_argument("--model-name", default=None, help="PREDICTOR_MODEL_NAME, for a checkpoint whose config does "
+                   "not name its encoder (default: unset, as the config says)")
     p.add_argument("--data", default="/tmp/sg/val_data.json", type=Path, help="rows with a 'prompt' field")
     p.add_argument("--max-prompts", type=int, default=None)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, default=None, help="PREDICTOR_MAX_LENGTH (default: unset)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     p.add_argument("--levels", default="1,8,32,128", help="concurrent clients, comma-separated")
     p.add_argument("--endpoints", default="/score,/score_batch", help="comma-separated, from /score and /score_batch")
-    p.add_argument("--servers", default="batching:onnx-int8,batching:torch,per_request:torch",
+    # The defaults (batching, torch, the device's dtype) against the original release's way of serving.
+    p.add_argument("--servers", default="batching:torch,per_request:torch@PREDICTOR_DTYPE=float32",
                    help="servers to compare, runner:backend[:threads][@KEY=VALUE+KEY=VALUE] (runner batching or "
                         "per_request; backend torch, onnx or onnx-int8; after '@' that server's own environment, e.g. "
                         "batching:onnx-int8@PREDICTOR_FORWARD_OVERHEAD_TOKENS=128); per_request:torch is the "

@@ -106,7 +106,7 @@ class Load:
         if choice == 2:
             return "/score", b'{"prompt": "unterminated', 422
         if choice == 3:
-            return "/score", {"prompt": "x" * 100_001}, 413  # PREDICTOR_MAX_PROMPT_CHARS default
+            return "/compare", {"prompt_a": "x"}, 422  # prompt_b missing
         if choice == 4:
             return "/score_batch", {"prompts": ["yes"] * 10_000}, 413  # PREDICTOR_MAX_PROMPTS_PER_REQUEST
         return "/no_such_endpoint", {"prompt": "x"}, 404

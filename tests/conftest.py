@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import random
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import BertConfig, BertModel, BertTokenizerFast
+
+# Served scores are compared with float32 ones computed in-process, so the servers the tests start (in this
+# process and as subprocesses) score in float32; the device default (bfloat16 on CPUs with AMX) has tests of its
+# own, which unset this (tests/test_ranker_config.py).
+os.environ["PREDICTOR_DTYPE"] = "float32"
 
 WORDS = (
     "write explain list summarize a an the short long essay story poem code python function "

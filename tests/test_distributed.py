@@ -14,7 +14,7 @@ from pars.model.checkpoint import read_state_dict
 from pars.train import loop as train
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = {"best_model.pt", "last_model.pt", "metrics.json", "training_curves.png"}
+OUTPUTS = {"best_model.pt", "last_model.pt", "ranker_config.json", "metrics.json", "training_curves.png"}
 
 
 def test_two_process_gloo_run_matches_one_process(tiny_model_dir, tiny_data, tmp_path):

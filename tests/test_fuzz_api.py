@@ -35,7 +35,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def fuzz_server(tiny_model_dir, checkpoint):
-    """Small limits, so that generated inputs reach them too (413 for long prompts and big batches)."""
+    """Small limits, so that generated inputs reach them too (long prompts cut, 413 for big batches)."""
     with running_server({"PREDICTOR_MODEL_PATH": str(checkpoint), "PREDICTOR_MODEL_NAME": str(tiny_model_dir),
                          "PREDICTOR_DEVICE": "cpu", "PREDICTOR_NUM_THREADS": "1", "PREDICTOR_MAX_WAIT_MS": "1",
                          "PREDICTOR_MAX_PROMPT_CHARS": "300", "PREDICTOR_MAX_PROMPTS_PER_REQUEST": "8"}) as url:

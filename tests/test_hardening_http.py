@@ -60,8 +60,11 @@ def test_hundred_thousand_character_prompts(client, direct):
     prompt = ("write a long essay " * 6000)[:100_000]
     body = client.post("/score", json={"prompt": prompt}).json()
     assert body["prompt"] == prompt and body["score"] == pytest.approx(direct.score([prompt])[0], abs=1e-5)
-    error(client.post("/score", json={"prompt": prompt + "x"}), 413, "prompt_too_long")
-    error(client.post("/compare", json={"prompt_a": "yes", "prompt_b": prompt + "x"}), 413, "prompt_too_long")
+    # longer: cut to the cap (the ranker reads only its head anyway) and scored, not refused
+    longer = client.post("/score", json={"prompt": prompt + "x" * 50_000}).json()
+    assert longer["prompt"] == prompt + "x" * 50_000 and longer["score"] == pytest.approx(body["score"], abs=1e-5)
+    pair = client.post("/compare", json={"prompt_a": "yes", "prompt_b": prompt + "x"}).json()
+    assert pair["score_b"] == pytest.approx(body["score"], abs=1e-5)
 
 
 def test_nul_bytes_are_text_like_any_other(client, direct):
@@ -70,13 +73,16 @@ def test_nul_bytes_are_text_like_any_other(client, direct):
     assert body["prompt"] == prompt and body["score"] == pytest.approx(direct.score([prompt])[0], abs=1e-5)
 
 
-def test_invalid_utf8_and_lone_surrogates_are_4xx(client):
+def test_invalid_utf8_is_400_and_lone_surrogates_are_replaced_and_scored(client, direct):
     error(client.post("/score", content=b'{"prompt": "\xff\xfe\xc3 abc"}', headers=JSON), 400, "bad_request")
     # a surrogate encoded as UTF-8 bytes: the JSON parser lets it through as a lone surrogate
-    error(client.post("/score", content=b'{"prompt": "\xed\xa0\x80"}', headers=JSON), 422, "invalid_request")
-    body = error(client.post("/score", content=b'{"prompt": "ok \\ud800 abc"}', headers=JSON), 422, "invalid_request")
-    assert "surrogate" in body["message"]
-    error(client.post("/score_batch", content=b'{"prompts": ["fine", "\\udfff"]}', headers=JSON), 422)
+    body = client.post("/score", content=b'{"prompt": "\xed\xa0\x80"}', headers=JSON).json()
+    assert body["prompt"] == "\ufffd"
+    body = client.post("/score", content=b'{"prompt": "ok \\ud800 abc"}', headers=JSON).json()
+    assert body["prompt"] == "ok \ufffd abc"
+    assert body["score"] == pytest.approx(direct.score(["ok \ufffd abc"])[0], abs=1e-5)
+    batch = client.post("/score_batch", content=b'{"prompts": ["fine", "\\udfff"]}', headers=JSON)
+    assert batch.status_code == 200 and batch.json()["prompts"] == ["fine", "\ufffd"]
 
 
 @pytest.mark.parametrize("depth", [100, 5_000, 1_000_000])

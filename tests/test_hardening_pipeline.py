@@ -23,7 +23,8 @@ from pars.common import jsonio
 from pars.data import preprocess
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = ("train_data.json", "val_data.json", "train_pairs_length_diff_0.2.json", "val_pairs_length_diff_0.2.json")
+OUTPUTS = ("train_data.json", "val_data.json", "train_pairs_length_diff_0.2.json", "val_pairs_length_diff_0.2.json",
+           "dataset_info.json")
 
 
 def sharegpt_file(path: Path, n: int = 60) -> Path:

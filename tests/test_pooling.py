@@ -16,6 +16,7 @@ from pars.model.backends import cache_key, load_onnx_ranker
 from pars.model.checkpoint import load_ranker
 from pars.model.export import to_sequence_classification
 from pars.model.ranker import PairwiseRanker
+from pars.model.ranker_config import read_ranker_config
 from pars.model.scoring import PromptScorer
 from pars.serving.engine import load_scorer
 from pars.serving.settings import Settings
@@ -79,6 +80,9 @@ def test_training_pools_as_told_and_records_it(tiny_model_dir, tiny_data, tokeni
     assert train.main([*args, "--pooling", "mean"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["pooling"] == "mean"
+    config = read_ranker_config(out / "best_model.pt")  # training wrote it beside the checkpoints
+    assert (config.pooling, config.model_name, config.source) == ("mean", str(tiny_model_dir),
+                                                                  str(out / "ranker_config.json"))
     # the checkpoint, scored with mean pooling, reproduces the val accuracy training measured
     pairs = json.loads((tiny_data / "val_pairs_length_diff_0.2.json").read_text())
     scorer = PromptScorer(load_ranker(str(tiny_model_dir), out / "last_model.pt", pooling="mean"), tokenizer,

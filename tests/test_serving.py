@@ -19,8 +19,13 @@ def server(tiny_model_dir, checkpoint):
 
 def test_root(server, checkpoint, tiny_model_dir):
     body = httpx.get(server + "/").json()
+    # a bare checkpoint (no ranker_config.json): the original release's settings, the encoder as given
     assert body == {"message": "Predictor score model is running.", "model_path": str(checkpoint),
-                    "model_name": str(tiny_model_dir), "device": "cpu"}
+                    "model_name": str(tiny_model_dir), "device": "cpu", "dtype": "float32", "backend": "torch",
+                    "batching": True,
+                    "ranker": {"model_name": str(tiny_model_dir), "pooling": "pooler", "truncation": "head",
+                               "max_length": 128, "length_unit": None, "loss": None,
+                               "config_source": "none (the original release's settings)"}}
 
 
 def test_score_equals_direct_model_score(server, direct):

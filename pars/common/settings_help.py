@@ -36,7 +36,9 @@ def settings_epilog(settings_cls: type[BaseSettings], prefix: str, note: str = "
     for name, field in settings_cls.model_fields.items():
         default = field.get_default(call_default_factory=True)
         choices = _choices(field.annotation)
-        rows.append((f"{prefix}{name.upper()}", _shown(default), " | ".join(choices)))
+        # An unset default that means something (the checkpoint's own value, ...) says so in its description.
+        shown = field.description if default is None and field.description else _shown(default)
+        rows.append((f"{prefix}{name.upper()}", shown, " | ".join(choices)))
     width = max(len(r[0]) for r in rows) + 2
     lines = ["settings (environment variables, read once when the server starts):"]
     lines += [f"  {var:<{width}}default {default}" + (f"   ({choices})" if choices else "")

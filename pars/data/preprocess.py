@@ -22,6 +22,7 @@ from pars.common.hub import hub_offline_requested, hub_reachable
 from pars.common.jsonio import write_json_files_atomic
 from pars.data import sharegpt
 from pars.data.pairs import check_threshold, make_pairs, pair_file_name
+from pars.data.readers import DATASET_INFO
 from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_example, output_row
 from pars.data.token_lengths import load_length_tokenizer, recount_lengths
 
@@ -220,15 +221,6 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
     val_pairs = make_pairs(val_rows, args.val_num_pairs, args.similarity_threshold, args.seed + 1,
                            desc="Val pairs")
 
-    out = Path(args.output_dir)
-    files = {
-        out / "train_data.json": train_rows,
-        out / "val_data.json": val_rows,
-        out / pair_file_name("train", args.similarity_threshold): train_pairs,
-        out / pair_file_name("val", args.similarity_threshold): val_pairs,
-    }
-    write_json_files_atomic(files)
-
     summary = {
         "dataset": spec.name,
         "rows_loaded": loaded,
@@ -241,6 +233,16 @@ def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
     if all_turns:
         summary["train"]["turns"] = "all"
         summary["train"]["conversations_left_out"] = left_out
+    out = Path(args.output_dir)
+    files = {
+        out / "train_data.json": train_rows,
+        out / "val_data.json": val_rows,
+        out / pair_file_name("train", args.similarity_threshold): train_pairs,
+        out / pair_file_name("val", args.similarity_threshold): val_pairs,
+        out / DATASET_INFO: summary,  # what the rows are; training copies its length_unit into the ranker config
+    }
+    write_json_files_atomic(files)
+    if all_turns:
         print(f"  train: every turn of the {loaded - len(split['test']) - left_out} conversations outside val "
               f"({left_out} more left out: parts of a val conversation)")
     for name in ("train", "val"):

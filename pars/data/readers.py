@@ -134,3 +134,17 @@ def subsample(items: list[Any], limit: int | None, seed: int) -> list[Any]:
         return items
     keep = sorted(random.Random(seed).sample(range(len(items)), limit))
     return [items[i] for i in keep]
+
+
+# Written by preprocessing beside its row and pair files: what the rows are, how answer_length is counted.
+DATASET_INFO = "dataset_info.json"
+
+
+def length_unit_beside(data_file: str | os.PathLike[str]) -> str | None:
+    """answer_length's unit, from the dataset_info.json beside a row or pair file; None when not recorded."""
+    try:
+        info = json.loads((Path(data_file).parent / DATASET_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    unit = info.get("length_unit") if isinstance(info, dict) else None
+    return unit if isinstance(unit, str) else None

@@ -14,7 +14,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +34,8 @@ from pars.eval.rank_metrics import (
 )
 from pars.model.checkpoint import load_ranker
 from pars.model.ranker import POOLINGS, load_tokenizer
+from pars.model.ranker_config import RankerConfig, read_ranker_config, resolve
 from pars.model.scoring import PromptScorer, resolve_device
-from pars.model.trained_settings import mismatches
 from pars.model.truncation import TRUNCATIONS
 
 DEFAULT_OUTPUT = "evaluation.json"
@@ -52,9 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", nargs="+", required=True, metavar="PATH",
                    help="Checkpoints (best_model.pt, ...): rows of the matrix, named by their parent dir.")
-    p.add_argument("--model-name", nargs="+", default=["bert-base-uncased"], metavar="NAME",
+    p.add_argument("--model-name", nargs="+", default=None, metavar="NAME",
                    help=f"Encoder of the checkpoints: one for all, or one per --checkpoint. Hub id, local "
-                        f"directory or '{OFFLINE_ENCODER}'.")
+                        f"directory or '{OFFLINE_ENCODER}'. Default: each checkpoint's ranker_config.json, "
+                        "else the original release's bert-base-uncased (the same holds for the next four).")
     p.add_argument("--val-data", nargs="+", required=True, metavar="FILE",
                    help="val_data.json files. Columns of the matrix, named by their parent directory.")
     p.add_argument("--val-pairs", nargs="+", default=None, metavar="FILE",
@@ -65,13 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-data", nargs="+", default=None, metavar="FILE",
                    help="train_data.json for the TF-IDF baseline: one for all datasets or one per --val-data "
                         "(default: train_data.json beside each val_data.json; skipped without one).")
-    p.add_argument("--max-length", type=int, default=128, help="Tokens per prompt seen by the ranker.")
-    p.add_argument("--truncation", nargs="+", default=["head"], choices=TRUNCATIONS, metavar="{head,middle}",
-                   help="How a longer prompt is cut, one for all checkpoints or one per --checkpoint: as each "
-                        "was trained (train_pairwise_bert.py --truncation).")
-    p.add_argument("--pooling", nargs="+", default=["pooler"], choices=POOLINGS, metavar="{pooler,mean}",
-                   help="What each ranker's fc reads, one for all checkpoints or one per --checkpoint: as each "
-                        "was trained (train_pairwise_bert.py --pooling).")
+    p.add_argument("--max-length", type=int, default=None, help="Tokens per prompt seen by the ranker (128).")
+    p.add_argument("--truncation", nargs="+", default=None, choices=TRUNCATIONS, metavar="{head,middle}",
+                   help="How a longer prompt is cut, one for all checkpoints or one per --checkpoint (head).")
+    p.add_argument("--pooling", nargs="+", default=None, choices=POOLINGS, metavar="{pooler,mean}",
+                   help="What each ranker's fc reads, one for all checkpoints or one per --checkpoint (pooler).")
+    p.add_argument("--override-ranker-config", action="store_true",
+                   help="Score with the settings given above even where they contradict a checkpoint's "
+                        "ranker_config.json (studies of e.g. another truncation); otherwise that is an error.")
     p.add_argument("--batch-size", type=int, default=64, help="Prompts per forward pass.")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
     p.add_argument("--max-rows", type=int, default=None,
@@ -167,6 +169,24 @@ def per_item(values: Sequence[str] | None, count: int, flag: str, of: str) -> li
     if len(values) != count:
         raise PARSError(f"{flag}: give one value or one per {of} ({count}), got {len(values)}")
     return list(values)
+
+
+def checkpoint_configs(args: argparse.Namespace) -> list[RankerConfig]:
+    """Each checkpoint's ranker config with the flags given on top (one value for all or one per checkpoint);
+    a flag contradicting a checkpoint's recorded setting is an error unless --override-ranker-config."""
+    n = len(args.checkpoint)
+    given = {"model_name": per_item(args.model_name, n, "--model-name", "--checkpoint"),
+             "truncation": per_item(args.truncation, n, "--truncation", "--checkpoint"),
+             "pooling": per_item(args.pooling, n, "--pooling", "--checkpoint"),
+             "max_length": [args.max_length] * n}
+    configs = []
+    for i, ckpt in enumerate(args.checkpoint):
+        mine = {k: v[i] for k, v in given.items() if v is not None and v[i] is not None}
+        if args.override_ranker_config:
+            configs.append(replace(read_ranker_config(ckpt), **mine))
+        else:
+            configs.append(resolve(ckpt, mine, name=lambda k: "--" + k.replace("_", "-")))
+    return configs
 
 
 def default_val_pairs(val_data: Path, threshold: float) -> Path | None:
@@ -427,20 +447,18 @@ def write_plots(paths: dict[str, Path | None], matrix: dict[str, Any], score_of:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    model_names = per_item(args.model_name, len(args.checkpoint), "--model-name", "--checkpoint")
-    truncations = per_item(args.truncation, len(args.checkpoint), "--truncation", "--checkpoint")
-    poolings = per_item(args.pooling, len(args.checkpoint), "--pooling", "--checkpoint")
+    configs = checkpoint_configs(args)
     device = resolve_device(args.device)
     started = time.perf_counter()
     notes: list[str] = []
     datasets = load_datasets(args, notes)
-    ckpt_names = checkpoint_names(args.checkpoint, truncations, poolings)
+    ckpt_names = checkpoint_names(args.checkpoint, [c.truncation for c in configs], [c.pooling for c in configs])
     for note in notes:
         print(f"note: {note}")
 
     # Baselines do not depend on the checkpoint: once per dataset. Token counts use the first
     # checkpoint's tokenizer (WordPiece vocabularies of one family count nearly alike).
-    tokenizer = load_tokenizer(model_names[0])
+    tokenizer = load_tokenizer(configs[0].model_name)
     tfidf = TfidfCache(args.seed)
     results: dict[str, dict[str, Any]] = {}
     baseline_tables: dict[str, dict[str, dict[str, float]]] = {}
@@ -450,15 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     load_seconds = {}
     first_by_dataset: dict[str, dict[str, float]] = {}  # the first checkpoint's scores: the others against it
-    for ckpt, ckpt_name, model_name, truncation, pooling in zip(args.checkpoint, ckpt_names, model_names,
-                                                                truncations, poolings, strict=True):
-        for key, trained, given in mismatches(ckpt, max_length=args.max_length, truncation=truncation,
-                                              pooling=pooling):
-            print(f"warning: {ckpt} was trained with --{key.replace('_', '-')} {trained} (metrics.json beside it), "
-                  f"scored here with {given}")
+    for ckpt, ckpt_name, c in zip(args.checkpoint, ckpt_names, configs, strict=True):
         start = time.perf_counter()
-        scorer = PromptScorer(load_ranker(model_name, ckpt, pooling), load_tokenizer(model_name),
-                              max_length=args.max_length, device=device, truncation=truncation)
+        scorer = PromptScorer(load_ranker(c.model_name, ckpt, c.pooling), load_tokenizer(c.model_name),
+                              max_length=c.max_length, device=device, truncation=c.truncation)
         load_seconds[ckpt_name] = round(time.perf_counter() - start, 3)
         for ds in datasets:
             print(f"Scoring {ds.name} ({len(ds.prompts())} prompts) with {ckpt_name} on {device}")
@@ -490,14 +503,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                             f"{ckpt_names[0]} on {datasets[0].name} (tau={fmt(tau, 3)})", datasets[0])
     report = {
         "inputs": {
-            "checkpoints": [{"name": n, "path": str(c), "model_name": m, "truncation": t, "pooling": pl}
-                            for n, c, m, t, pl in zip(ckpt_names, args.checkpoint, model_names, truncations,
-                                                      poolings, strict=True)],
+            "checkpoints": [{"name": n, "path": str(p), "model_name": c.model_name, "truncation": c.truncation,
+                             "pooling": c.pooling, "max_length": c.max_length, "config_source": c.source}
+                            for n, p, c in zip(ckpt_names, args.checkpoint, configs, strict=True)],
             "datasets": [ds.describe() for ds in datasets],
-            "threshold": args.threshold, "max_length": args.max_length, "batch_size": args.batch_size,
+            "threshold": args.threshold, "max_length": configs[0].max_length, "batch_size": args.batch_size,
             "device": str(device), "max_rows": args.max_rows,
             "max_pairs": args.max_pairs if args.max_pairs is not None else args.max_rows, "seed": args.seed,
-            "token_baseline_tokenizer": model_names[0],
+            "token_baseline_tokenizer": configs[0].model_name,
         },
         "results": results,
         "matrix": matrix,

@@ -74,25 +74,75 @@ def load_state_dict_into(model: PairwiseRanker, state: dict[str, torch.Tensor], 
         ) from None
 
 
-def is_exported_dir(path: str | os.PathLike[str]) -> bool:
-    """A directory written by export_hf.py (or any sequence-classification model with one output)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        return False
+def _json_or_none(path: Path) -> object:
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return None
+
+
+def sentence_transformers_modules(path: str | os.PathLike[str]) -> list[dict] | None:
+    """modules.json of a directory in the sentence-transformers layout pars.model.export writes for a
+    mean-pooled ranker (Transformer, Pooling, Dense to one output); None for any other directory, such as
+    an encoder published with sentence-transformers (its last module normalizes)."""
+    path = Path(path)
+    modules = _json_or_none(path / "modules.json")
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        return None
+    if [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules] != ["Transformer", "Pooling", "Dense"]:
+        return None
+    dense = _json_or_none(path / str(modules[2].get("path", "")) / "config.json")
+    return modules if isinstance(dense, dict) and dense.get("out_features") == 1 else None
+
+
+def is_exported_dir(path: str | os.PathLike[str]) -> bool:
+    """A directory written by pars.model.export: a sequence-classification model with one output, or the
+    sentence-transformers layout of a mean-pooled ranker."""
+    path = Path(path)
+    if sentence_transformers_modules(path) is not None:
+        return True
+    config = _json_or_none(path / "config.json")
+    if not isinstance(config, dict):
         return False
     archs = config.get("architectures") or []
     return any(a.endswith("ForSequenceClassification") for a in archs) and len(config.get("id2label", {0: 0})) == 1
 
 
+def load_sentence_transformers(path: Path, modules: list[dict]) -> PairwiseRanker:
+    """The mean-pooled ranker from its sentence-transformers export: the encoder at the root, fc the Dense
+    layer; read without sentence-transformers, refused unless its modules compute exactly the ranker."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    dense_dir = path / str(modules[2].get("path", ""))
+    pooling, dense = (_json_or_none(d / "config.json") for d in (path / str(modules[1].get("path", "")), dense_dir))
+    pooling, dense = (x if isinstance(x, dict) else {} for x in (pooling, dense))
+    modes = {k for k, v in pooling.items() if k.startswith("pooling_mode_") and v is True}
+    mean = pooling.get("pooling_mode", "mean_tokens" if modes == {"pooling_mode_mean_tokens"} else None)
+    if (modules[0].get("path") not in ("", ".") or mean not in ("mean", "mean_tokens") or not dense.get("bias")
+            or dense.get("activation_function") != "torch.nn.modules.linear.Identity"):
+        raise PARSError(f"{path}: a sentence-transformers directory but not a ranker export (needs the encoder "
+                        "at its root, mean pooling, and a Dense layer to one output with bias and no activation)")
+    try:
+        encoder = AutoModel.from_pretrained(path, use_safetensors=True)
+        weights = load_file(str(dense_dir / "model.safetensors"))
+        ranker = PairwiseRanker(encoder, "mean")
+        ranker.fc.load_state_dict({"weight": weights["linear.weight"], "bias": weights["linear.bias"]})
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise PARSError(f"cannot load exported model {path}: {str(exc).splitlines()[0][:200]}") from None
+    return ranker
+
+
 def load_exported(path: str | os.PathLike[str]) -> PairwiseRanker:
-    """The ranker from an exported Hugging Face directory (config.json + model.safetensors): its encoder is
-    the base model, fc its one-output classification head (logit = score), the inverse of pars.model.export."""
+    """The ranker from an exported directory, the inverse of pars.model.export: a sentence-transformers one
+    (mean-pooled), or a Hugging Face sequence-classification one (config.json + model.safetensors) whose
+    encoder is the base model and fc its one-output classification head (logit = score)."""
     from transformers import AutoModelForSequenceClassification
 
     path = Path(path)
+    modules = sentence_transformers_modules(path)
+    if modules is not None:
+        return load_sentence_transformers(path, modules)
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise PARSError(f"{path} is a directory but not an exported model (needs config.json and model.safetensors)")
     if not is_exported_dir(path):
@@ -114,15 +164,18 @@ def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = Non
                 pooling: str = "pooler") -> PairwiseRanker:
     """The encoder of `model_name`, with a checkpoint's weights on top when one is given.
 
-    `checkpoint` may also be an exported Hugging Face directory (pars.model.export), which holds the encoder
-    itself; so may `model_name` when no checkpoint is given. Exports are always pooler-pooled."""
+    `checkpoint` may also be an exported directory (pars.model.export), which holds the encoder itself; so
+    may `model_name` when no checkpoint is given. A sequence-classification export pools with the pooler, a
+    sentence-transformers one with the mean: `pooling` must say the same."""
     check_pooling(pooling)
     exported = checkpoint if checkpoint is not None and Path(checkpoint).is_dir() else (
         model_name if checkpoint is None and is_exported_dir(model_name) else None)
     if exported is not None:
-        if pooling != "pooler":
-            raise PARSError(f"{exported} is an exported sequence-classification model, which pools with the "
-                            f"pooler; pooling {pooling!r} applies to state_dict checkpoints only")
+        own = "mean" if sentence_transformers_modules(exported) is not None else "pooler"
+        if pooling != own:
+            kind = "a sentence-transformers" if own == "mean" else "a sequence-classification"
+            raise PARSError(f"{exported} is {kind} export, which pools with {own!r}, but pooling {pooling!r} was "
+                            f"asked for (PREDICTOR_POOLING / --pooling {own}, or leave it to its ranker_config.json)")
         return load_exported(exported)
     state = read_state_dict(checkpoint) if checkpoint is not None else None  # fail fast on a bad file
     model = PairwiseRanker.from_pretrained(model_name, pooling)

@@ -28,6 +28,22 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def inference_dtype(device: torch.device, backend: str = "torch") -> str:
+    """The service's precision when PREDICTOR_DTYPE is unset (auto): float16 on CUDA, bfloat16 autocast on a
+    CPU with bfloat16 matmul instructions, float32 elsewhere and on the ONNX backends (float32 graphs).
+
+    Kept only where the ranking agrees with float32's: on the 1,114 ShareGPT val prompts the quickstart
+    ranker's bfloat16-autocast scores order the prompts as its float32 ones do (Kendall's tau between them
+    and against the true lengths: benchmarks/results/dtype_agreement.json, docs/serving-measurements.md)."""
+    if backend != "torch":
+        return "float32"
+    if device.type == "cuda":
+        return "float16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bfloat16"
+    return "float32"
+
+
 def resolve(choice: str, device: torch.device, original_batching: bool = False) -> str:
     """The mode a run uses: `no`, `fp16` or `bf16`."""
     if choice not in CHOICES:

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from pars.common.errors import PARSError
 from pars.model import precision
 from pars.model.ranker import PairwiseRanker
+from pars.model.ranker_config import RankerConfig
 from pars.model.truncation import check_truncation, encode_prompts
 
 
@@ -74,6 +75,8 @@ class PromptScorer:
         self.pad_id = 0 if pad is None else int(pad)
         self._slots = threading.BoundedSemaphore(1)
         self.autocast_dtype: torch.dtype | None = None
+        self.dtype = torch.float32  # what the passes compute in (set_dtype)
+        self.config: RankerConfig | None = None  # the settings it was loaded with, when loaded from a checkpoint
 
     def set_dtype(self, dtype: torch.dtype) -> None:
         """Score in `dtype`. On CUDA the weights are cast. On CPU only bfloat16 is offered, as autocast:
@@ -82,6 +85,7 @@ class PromptScorer:
         instead makes every op bfloat16, and was 13x slower here (backend_bench_dtype_cpu.json). Scores
         return as float32."""
         if dtype == torch.float32:
+            self.dtype = dtype
             return
         if not isinstance(self.model, torch.nn.Module):
             raise PARSError(f"{dtype} scoring needs the torch backend")
@@ -92,6 +96,7 @@ class PromptScorer:
         else:
             raise PARSError(f"{str(dtype).removeprefix('torch.')} scoring needs a CUDA device (this one is "
                             f"{self.device}); on CPU use float32 or bfloat16")
+        self.dtype = dtype
 
     def set_concurrency(self, passes: int) -> None:
         """Let `passes` forward passes run at once from different threads (the model is only read in them):

@@ -28,7 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pars import __version__
 from pars.common.errors import PARSError
 from pars.common.startup import OneLineStartupErrors
+from pars.common.text import replace_surrogates, scoreable
 from pars.common.watchdog import StallWatchdog
+from pars.model.ranker_config import RankerConfig
 from pars.serving.batcher import QueueFullError, ShuttingDownError, build_runner
 from pars.serving.engine import InferenceEngine, load_scorer
 from pars.serving.limits import BodyLimits
@@ -40,6 +42,7 @@ from pars.serving.schemas import (
     CompareResponse,
     ErrorResponse,
     HealthResponse,
+    RankerSettings,
     ReadyResponse,
     RootResponse,
     ScoreBatchRequest,
@@ -56,6 +59,7 @@ PRIORITY_BOUND = 2**31 - 1
 
 
 def compare(prompt_a: str, prompt_b: str, score_a: float, score_b: float) -> CompareResponse:
+    prompt_a, prompt_b = replace_surrogates(prompt_a), replace_surrogates(prompt_b)  # JSON-encodable as UTF-8
     return CompareResponse(prompt_a=prompt_a, prompt_b=prompt_b, score_a=score_a, score_b=score_b,
                            winner="prompt_a" if score_a > score_b else "prompt_b")
 
@@ -64,6 +68,15 @@ def priority_of(score: float, scale: float) -> int:
     """vLLM `priority` (lower is served earlier): a fixed affine map of the score, the same in every
     request, so a longer predicted response gets a larger number. Clipped to int32."""
     return max(-PRIORITY_BOUND, min(PRIORITY_BOUND, round(score * scale)))
+
+
+def dtype_name(scorer) -> str:
+    return str(scorer.dtype).removeprefix("torch.")
+
+
+def ranker_settings(config: RankerConfig) -> RankerSettings:
+    data = {k: v for k, v in config.to_dict().items() if k not in ("format", "version")}
+    return RankerSettings(**data, config_source=config.source)
 
 
 class ServiceError(Exception):
@@ -86,7 +99,7 @@ _HTTP_ERROR_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 
 SCORING_ERRORS: dict[int | str, dict] = {
     status: {"model": ErrorResponse, "description": description} for status, description in {
         400: "body is not UTF-8 or not parseable", 401: "missing or wrong API key", 408: "body not received in time",
-        413: "body, prompt or prompt count over its limit", 422: "invalid request", 429: "queue full",
+        413: "body or prompt count over its limit", 422: "invalid request", 429: "queue full",
         503: "shutting down", 504: "not scored in time"}.items()
 }
 
@@ -131,6 +144,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise
         app.state.settings = s
         app.state.scorer = scorer
+        shown = ranker_settings(scorer.config).model_dump()
+        metrics.ranker.info({**{k: str(v) for k, v in shown.items()}, "dtype": dtype_name(scorer),
+                             "backend": s.backend, "device": str(scorer.device)})
         api_key = s.api_key.get_secret_value() if s.api_key is not None else ""
         app.state.api_key = api_key.encode() if api_key else None
         engine, runner = build_runner(scorer, s, metrics)
@@ -205,18 +221,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if len(prompts) > s.max_prompts_per_request:
             raise ServiceError(413, "too_many_prompts", f"{len(prompts)} prompts in one request; the limit is "
                                f"{s.max_prompts_per_request} (PREDICTOR_MAX_PROMPTS_PER_REQUEST)")
-        for i, p in enumerate(prompts):
-            if len(p) > s.max_prompt_chars:
-                raise ServiceError(413, "prompt_too_long", f"prompt {i} has {len(p)} characters; the limit is "
-                                   f"{s.max_prompt_chars} (PREDICTOR_MAX_PROMPT_CHARS)")
-            if not p.isascii():
-                try:  # JSON may carry lone surrogates (\ud800), which the tokenizer cannot take (was a 500)
-                    p.encode("utf-8")
-                except UnicodeEncodeError as exc:
-                    raise ServiceError(422, "invalid_request", f"prompt {i} is not valid Unicode text (an unpaired "
-                                       f"surrogate at character {exc.start})") from None
         if not prompts:
             return []
+        # One odd prompt never fails its neighbours: an over-long one is cut (what the ranker reads of it stays),
+        # lone surrogates are replaced; both counted.
+        keep_tail = request.app.state.scorer.truncation == "middle"
+        texts = []
+        for p in prompts:
+            text, changed = scoreable(p, s.max_prompt_chars, keep_tail)
+            if changed:
+                metrics.prompts_changed.labels("cut" if len(p) > s.max_prompt_chars else "surrogates").inc()
+            texts.append(text)
+        prompts = texts
         engine: InferenceEngine = request.app.state.engine
 
         async def tokenize_and_score() -> list[float]:
@@ -250,23 +266,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", response_model=RootResponse)
     async def root(request: Request) -> RootResponse:
         s: Settings = request.app.state.settings
+        scorer = request.app.state.scorer
         return RootResponse(message="Predictor score model is running.", model_path=s.model_path,
-                            model_name=s.model_name, device=str(request.app.state.scorer.device))
+                            model_name=scorer.config.model_name, device=str(scorer.device), dtype=dtype_name(scorer),
+                            backend=s.backend, batching=s.batching, ranker=ranker_settings(scorer.config))
 
     @app.post("/score", response_model=ScoreResponse, responses=SCORING_ERRORS)
     async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
         (value,) = await scores_of(request, [body.prompt])
-        return ScoreResponse(prompt=body.prompt, score=value)
+        return ScoreResponse(prompt=replace_surrogates(body.prompt), score=value)
 
     @app.post("/score_batch", response_model=ScoreBatchResponse, response_model_exclude_none=True,
               responses=SCORING_ERRORS)
     async def score_batch(body: ScoreBatchRequest, request: Request) -> ScoreBatchResponse:
         scores = await scores_of(request, body.prompts)
         priorities = None
-        if body.return_priorities:
+        if body.return_score_priorities or body.return_priorities:
             scale = request.app.state.settings.priority_scale
             priorities = [priority_of(v, scale) for v in scores]
-        return ScoreBatchResponse(prompts=body.prompts, scores=scores, priorities=priorities)
+        earlier = priorities if body.return_priorities else None
+        return ScoreBatchResponse(prompts=[replace_surrogates(p) for p in body.prompts], scores=scores,
+                                  score_priorities=priorities, priorities=earlier)
 
     @app.post("/compare", response_model=CompareResponse, responses=SCORING_ERRORS)
     async def compare_one(body: CompareRequest, request: Request) -> CompareResponse:

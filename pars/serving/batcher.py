@@ -1,7 +1,8 @@
 """The queue in front of the model worker: a dynamic batcher, or one pass per request.
 
-`DynamicBatcher` gathers the prompts of concurrent requests from an asyncio queue until a prompt
-count, a token budget or a short wait after the first request is reached, then scores them together:
+`DynamicBatcher` takes everything queued when an inference worker frees up (up to a prompt count and a
+token budget), so batches form while a pass runs, as TEI's do, and a request reaching an idle model goes
+at once (PREDICTOR_MAX_WAIT_MS > 0 makes an idle model wait that long for company), then scores it:
 length-sorted, split into padding-light sub-batches, one forward pass per sub-batch on the inference
 thread. `PerRequestRunner` is the original behaviour (one forward pass per request, the prompts of
 a request padded together) behind the same interface, so one server can measure both.
@@ -83,6 +84,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._carry: _Item | None = None
         self._worker: asyncio.Task | None = None
+        self.rounds = {True: 0, False: 0}  # rounds by whether they held a gathering window open
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run(), name="pars-batcher")
@@ -161,7 +163,10 @@ class DynamicBatcher:
                     self.admission.release(len(first.ids))
                     free.release()
                     continue
-                items, met_sentinel = await self._gather(first, wait=not backlog)
+                wait = not backlog and self.max_wait_s > 0
+                self.rounds[wait] += 1
+                self.metrics.rounds.labels("waited" if wait else "none").inc()
+                items, met_sentinel = await self._gather(first, wait=wait)
                 task = asyncio.get_running_loop().create_task(self._process(items), name="pars-batch")
                 running.add(task)
                 task.add_done_callback(running.discard)

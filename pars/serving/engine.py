@@ -1,7 +1,8 @@
 """The model worker: the ranker on dedicated inference threads, scoring token ids in padding-light passes.
 
-Everything that touches the model runs there (`InferenceEngine.run`); the heap trim is queued there too,
-after the request's pass. `load_scorer` builds the ranker from the service's settings.
+Everything that touches the model runs there (`InferenceEngine.run`). The heap trim runs on a thread of its
+own, between passes where it can, never in a request's way. `load_scorer` builds the ranker from the
+service's settings and the checkpoint's own config.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,10 +20,10 @@ import torch
 from pars.common.errors import PARSError
 from pars.model.backends import ONNX_BACKENDS, load_inference_model
 from pars.model.padding import plan_passes
-from pars.model.precision import DTYPES
+from pars.model.precision import DTYPES, inference_dtype
 from pars.model.ranker import load_tokenizer
+from pars.model.ranker_config import SCORE_SETTINGS, RankerConfig, resolve
 from pars.model.scoring import PromptScorer, resolve_device
-from pars.model.trained_settings import mismatches
 from pars.serving.memory import HeapTrimmer
 from pars.serving.observability import Metrics
 from pars.serving.settings import Settings
@@ -45,6 +47,7 @@ log = logging.getLogger("pars.serving")
 
 
 SLOW_TRIM_S = 0.5
+HEAP_TRIM_OVERDUE = 10  # intervals a trim may wait for a pause between passes before it runs anyway
 
 
 def overhead_from_timings(timings: Sequence[tuple[int, float]]) -> int:
@@ -81,24 +84,42 @@ class InferenceEngine:
         # Freed activation buffers otherwise stay resident (pars/serving/memory.py); CPU only: CUDA
         # tensors are not malloc's.
         self.heap = HeapTrimmer(heap_trim_interval_s if scorer.device.type == "cpu" else 0.0)
+        # Its own thread: on the inference thread a trim delayed the passes queued behind it (once 1.79 s,
+        # and 8 gateway requests fell back).
+        self._trim_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-heap-trim")
+        self._trimming = False
+        self._busy = 0  # passes running or queued on the inference threads
 
     async def run(self, fn, *args):
+        self._busy += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
         finally:
-            # On the inference thread too, but queued after this job: its caller need not wait for it.
-            if self.heap.due():
-                self.executor.submit(self.trim_heap)
+            self._busy -= 1
+            self._maybe_schedule_trim()
+
+    def _maybe_schedule_trim(self) -> None:
+        """A trim when due, at a moment no pass runs (it takes malloc's arena locks, which a pass allocating
+        at the same time would wait on); under a load that never pauses, once it is HEAP_TRIM_OVERDUE
+        intervals late, so memory stays bounded."""
+        if self._trimming or not self.heap.due():
+            return
+        if self._busy and not self.heap.due(HEAP_TRIM_OVERDUE):
+            return
+        self._trimming = True
+        self._trim_thread.submit(self.trim_heap)
 
     def trim_heap(self) -> None:
-        """malloc_trim, timed: it holds malloc's arena locks while it runs, so a slow one would stall every
-        thread that allocates, event loop included (a suspect of issue 6's predictor stalls)."""
-        started = time.perf_counter()
-        if self.heap.maybe_trim():
-            took = time.perf_counter() - started
-            self.metrics.heap_trim.observe(took)
-            if took >= SLOW_TRIM_S:
-                log.warning("malloc_trim took %.2f s (PREDICTOR_HEAP_TRIM_INTERVAL_S=0 turns it off)", took)
+        """malloc_trim, timed (the heap-trim thread only)."""
+        try:
+            started = time.perf_counter()
+            if self.heap.maybe_trim():
+                took = time.perf_counter() - started
+                self.metrics.heap_trim.observe(took)
+                if took >= SLOW_TRIM_S:
+                    log.warning("malloc_trim took %.2f s (PREDICTOR_HEAP_TRIM_INTERVAL_S=0 turns it off)", took)
+        finally:
+            self._trimming = False
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
         """Token ids per prompt, truncated at max_length, unpadded (as PromptScorer.tokenize would)."""
@@ -157,27 +178,39 @@ class InferenceEngine:
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        self._trim_thread.shutdown(wait=True)
+
+
+def ranker_config(settings: Settings) -> RankerConfig:
+    """The checkpoint's own config (ranker_config.json beside it), with the settings given explicitly on
+    top; one that contradicts it is a PARSError naming the variable."""
+    given = {key: getattr(settings, key) for key in SCORE_SETTINGS}
+    return resolve(settings.model_path, given, name=lambda key: f"PREDICTOR_{key.upper()}")
 
 
 def load_scorer(settings: Settings) -> PromptScorer:
+    """The ranker as its config says (`scorer.config`), in the precision the settings and device call for."""
+    config = ranker_config(settings)
     device = resolve_device(settings.device)
-    dtype = DTYPES[settings.dtype]
+    dtype_name = inference_dtype(device, settings.backend) if settings.dtype == "auto" else settings.dtype
+    dtype = DTYPES[dtype_name]
     if dtype == torch.float16 and device.type != "cuda":
         raise PARSError(f"PREDICTOR_DTYPE={settings.dtype} needs a CUDA device (this one is {device}); "
                         "use float32 or bfloat16 on CPU")
-    tokenizer = load_tokenizer(settings.model_name)
+    # An exported directory carries its tokenizer (cut at the ranker's max length); a checkpoint uses its encoder's.
+    tokenizer = load_tokenizer(settings.model_path if Path(settings.model_path).is_dir() else config.model_name)
     if settings.backend in ONNX_BACKENDS:
         if device.type != "cpu" or dtype != torch.float32:
             raise PARSError(f"PREDICTOR_BACKEND={settings.backend} runs on CPU in float32; "
-                            f"use PREDICTOR_BACKEND=torch for {device} / {settings.dtype}")
-    model = load_inference_model(settings.model_name, settings.model_path, settings.backend,
+                            f"use PREDICTOR_BACKEND=torch for {device} / {dtype_name}")
+    model = load_inference_model(config.model_name, settings.model_path, settings.backend,
                                  settings.onnx_cache_dir, threads=settings.threads_per_worker(),
-                                 spin=settings.onnx_spin, log=log.warning, pooling=settings.pooling)
-    for key, trained, given in mismatches(settings.model_path, max_length=settings.max_length,
-                                          truncation=settings.truncation, pooling=settings.pooling):
-        log.warning("%s was trained with %s=%s (metrics.json beside it) but is served with PREDICTOR_%s=%s: "
-                    "its scores are worse than they should be", settings.model_path, key, trained, key.upper(), given)
-    scorer = PromptScorer(model, tokenizer, max_length=settings.max_length, device=device,
-                          truncation=settings.truncation)
+                                 spin=settings.onnx_spin, log=log.warning, pooling=config.pooling)
+    scorer = PromptScorer(model, tokenizer, max_length=config.max_length, device=device,
+                          truncation=config.truncation)
     scorer.set_dtype(dtype)
+    scorer.config = config
+    log.info("ranker %s: %s, %s pooling, %s truncation at %d tokens (%s); %s on %s", settings.model_path,
+             config.model_name, config.pooling, config.truncation, config.max_length, config.source, dtype_name,
+             device)
     return scorer

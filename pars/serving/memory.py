@@ -43,8 +43,9 @@ class HeapTrimmer:
     def enabled(self) -> bool:
         return self._trim is not None
 
-    def due(self) -> bool:
-        return self._trim is not None and time.monotonic() - self._last >= self.interval_s
+    def due(self, intervals: float = 1.0) -> bool:
+        """At least `intervals` intervals since the last trim."""
+        return self._trim is not None and time.monotonic() - self._last >= self.interval_s * intervals
 
     def maybe_trim(self) -> bool:
         if not self.due():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pars.common.watchdog import LoopMetrics
@@ -47,6 +47,14 @@ class Metrics:
             "unless PREDICTOR_FORWARD_OVERHEAD_TOKENS is set): the padding a split must save", registry=r)
         self.heap_trim = Histogram("pars_heap_trim_seconds", "time of one malloc_trim (PREDICTOR_HEAP_TRIM_INTERVAL_S)",
                                    buckets=_LATENCY_BUCKETS, registry=r)
+        self.prompts_changed = Counter("pars_prompts_changed_total", "prompts scored after a change that makes them "
+                                       "scoreable: cut to PREDICTOR_MAX_PROMPT_CHARS, or lone surrogates replaced",
+                                       ["change"], registry=r)
+        self.rounds = Counter("pars_batch_rounds_total", "rounds of the dynamic batcher, by whether the round held "
+                              "a gathering window open (PREDICTOR_MAX_WAIT_MS on an idle model) or went at once",
+                              ["gathering"], registry=r)
+        self.ranker = Info("pars_ranker", "the ranker's settings in use (model, pooling, truncation, max_length, "
+                           "dtype, backend, where its config came from)", registry=r)
         self.loop = LoopMetrics(r, "pars")
 
     def observe_forward(self, prompts: int, padded_tokens: int, real_tokens: int, seconds: float) -> None:

@@ -18,14 +18,19 @@ class ScoreResponse(BaseModel):
 
 class ScoreBatchRequest(BaseModel):
     prompts: list[str]
-    # Also return `priorities`, integers for vLLM's `priority` field (lower is served earlier).
+    # Also return `score_priorities`: integers for vLLM's `priority` field (lower is served earlier) on the
+    # score scale, round(score * PREDICTOR_PRIORITY_SCALE). Not the gateway's arrival-clock priorities: the
+    # two must not be mixed in one vLLM (predictor_serving/README.md, "Two priority scales").
+    return_score_priorities: bool = False
+    # The earlier name of return_score_priorities; answered under the earlier name `priorities` too.
     return_priorities: bool = False
 
 
 class ScoreBatchResponse(BaseModel):
     prompts: list[str]
     scores: list[float]
-    priorities: list[int] | None = None  # only when asked for: round(score * PREDICTOR_PRIORITY_SCALE)
+    score_priorities: list[int] | None = None  # only when asked for: round(score * PREDICTOR_PRIORITY_SCALE)
+    priorities: list[int] | None = None  # the same, only for the earlier flag return_priorities
 
 
 class CompareRequest(BaseModel):
@@ -49,11 +54,27 @@ class CompareBatchResponse(BaseModel):
     results: list[CompareResponse]
 
 
+class RankerSettings(BaseModel):
+    """How the ranker is scored: its config (pars/model/ranker_config.py) and where that came from."""
+
+    model_name: str
+    pooling: str
+    truncation: str
+    max_length: int
+    length_unit: str | None = None
+    loss: str | None = None
+    config_source: str  # ranker_config.json's path, an older run's metrics.json, or none (original settings)
+
+
 class RootResponse(BaseModel):
     message: str
     model_path: str
     model_name: str
     device: str
+    dtype: str  # what forward passes compute in (PREDICTOR_DTYPE, or the device's default)
+    backend: str
+    batching: bool
+    ranker: RankerSettings
 
 
 class HealthResponse(BaseModel):

@@ -25,18 +25,25 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
+_CONFIG = "the checkpoint's ranker_config.json"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PREDICTOR_", protected_namespaces=())
 
-    # Defaults of the original release.
+    # The ranker: a checkpoint (the original release's default path), or an exported directory.
     model_path: str = "../predictor_train/outputs/alpaca_gpt4_bert/best_model.pt"
-    model_name: str = "bert-base-uncased"
-    max_length: int = Field(default=128, ge=1, le=4096)
-    # How a longer prompt is cut (pars/model/truncation.py): as the ranker was trained (train --truncation).
-    truncation: Literal["head", "middle"] = "head"
-    # How the encoder's tokens become one vector (pars/model/ranker.py): as the ranker was trained (train --pooling).
-    pooling: Literal["pooler", "mean"] = "pooler"
-    device: str | None = None  # None: cuda when available, else cpu
+    # How the checkpoint is scored. None (unset): as its ranker_config.json says (training writes it beside
+    # the checkpoint; pars/model/ranker_config.py), else the original release's settings (bert-base-uncased,
+    # 128 tokens, head, pooler). Set one only for a checkpoint that does not record it: contradicting the
+    # checkpoint's own stops start-up. model_name: the encoder (hub id, local directory or offline alias).
+    model_name: str | None = Field(default=None, description=f"{_CONFIG} (else bert-base-uncased)")
+    max_length: int | None = Field(default=None, ge=1, le=4096, description=f"{_CONFIG} (else 128)")
+    # how a longer prompt is cut (pars/model/truncation.py)
+    truncation: Literal["head", "middle"] | None = Field(default=None, description=f"{_CONFIG} (else head)")
+    # how the tokens become one vector (pars/model/ranker.py)
+    pooling: Literal["pooler", "mean"] | None = Field(default=None, description=f"{_CONFIG} (else pooler)")
+    device: str | None = Field(default=None, description="cuda when available, else cpu")
 
     # Inference. backend: torch, or the CPU fast path through ONNX Runtime (pars/model/backends.py):
     # onnx (fp32, same scores as torch) or onnx-int8 (int8 weights, close ranking); exported once, cached.
@@ -44,8 +51,10 @@ class Settings(BaseSettings):
     onnx_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/pars/onnx or ~/.cache/pars/onnx
     # ONNX Runtime's workers busy-wait between operators: faster passes, but CPU taken from the HTTP layer.
     onnx_spin: bool = False
-    # float16: CUDA only; bfloat16: cast weights on CUDA, autocast on CPU
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # auto: float16 on CUDA, bfloat16 autocast on CPUs with AMX or AVX512-BF16, float32 elsewhere and for the
+    # ONNX backends (pars/model/precision.py says what the rule rests on). float16: CUDA only; bfloat16: cast
+    # weights on CUDA, autocast on CPU.
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     num_threads: int | None = Field(default=None, ge=1, le=1024)  # intra-op threads in all; None: physical cores
     # Forward passes that may run at once, each on its own thread with num_threads / workers intra-op threads.
     # Small passes use several threads poorly, but a long prompt's pass on fewer threads takes longer: here
@@ -64,20 +73,25 @@ class Settings(BaseSettings):
     # CPU: give freed heap memory back to the OS at most this often (glibc malloc_trim; 0: never), so
     # RSS stays flat under ever-changing batch shapes (pars/serving/memory.py).
     heap_trim_interval_s: float = Field(default=1.0, ge=0)
-    max_wait_ms: float = Field(default=2.0, ge=0, le=60_000)  # gathering window after the first queued request
+    # How long an idle model waits for company after a request arrives. 0: none; batches form anyway while a
+    # pass runs (everything queued meanwhile goes in the next one), which costs a lone caller nothing.
+    max_wait_ms: float = Field(default=0.0, ge=0, le=60_000)
     # When the event loop has not run for this long, every thread's stack goes to stderr (again every this
     # long while it lasts) and pars_event_loop_stalls_total counts it (pars/common/watchdog.py). 0: off.
     stall_dump_s: float = Field(default=5.0, ge=0)
 
     # Limits.
     max_prompts_per_request: int = Field(default=1024, ge=1)  # more: HTTP 413
-    max_prompt_chars: int = Field(default=100_000, ge=1)  # a longer prompt: HTTP 413
+    # A longer prompt is cut to this many characters before tokenizing (its head, or head and tail under
+    # middle truncation: what the ranker reads of it anyway) and scored; bounds the tokenizer's work.
+    max_prompt_chars: int = Field(default=100_000, ge=1)
     max_queue_prompts: int = Field(default=8192, ge=1)  # prompts waiting for the model; more: HTTP 429
     request_timeout_s: float = Field(default=30.0, gt=0)  # waiting + scoring; longer: HTTP 504
 
     # Security and scheduling.
     api_key: SecretStr | None = None  # set: every endpoint but /health and /ready needs `Authorization: Bearer <key>`
-    priority_scale: float = Field(default=1000.0, gt=0)  # priority = round(score * priority_scale)
+    # /score_batch's score priorities: round(score * priority_scale). Not the gateway's arrival-clock scale.
+    priority_scale: float = Field(default=1000.0, gt=0)
 
     # Request bodies (pars/serving/limits.py): read in full before any endpoint runs.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)  # a larger body: HTTP 413, never read in full

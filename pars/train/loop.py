@@ -32,11 +32,12 @@ from pars.common.errors import PARSError, run_cli
 from pars.common.hub import OFFLINE_ENCODER
 from pars.common.jsonio import read_json, write_json_atomic
 from pars.data.pairs import check_threshold
-from pars.data.readers import load_pairs, load_rows, subsample
+from pars.data.readers import length_unit_beside, load_pairs, load_rows, subsample
 from pars.eval.rank_metrics import kendall_tau, length_cap, length_weighted_tau, pairwise_accuracy
 from pars.model import precision
 from pars.model.checkpoint import load_state_dict_into, read_state_dict, save_checkpoint
 from pars.model.ranker import POOLINGS, PairwiseRanker, load_tokenizer
+from pars.model.ranker_config import RankerConfig
 from pars.model.scoring import PromptScorer
 from pars.model.truncation import TRUNCATIONS
 from pars.train import distributed as dist
@@ -411,6 +412,10 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         restore_rng(state["rng"][info.rank])  # last: everything above may have drawn random numbers
         say(f"Resumed from {state_path}: epoch {pos['epoch'] + 1}, batch {pos['batch']}, step {pos['step']}")
     output_dir.mkdir(parents=True, exist_ok=True)
+    if info.is_main:  # beside the checkpoints: what scoring them needs (pars/model/ranker_config.py)
+        RankerConfig(model_name=args.model_name, pooling=args.pooling, truncation=args.truncation,
+                     max_length=args.max_length, length_unit=length_unit_beside(args.train_file),
+                     loss="margin").save(output_dir)
     start = time.perf_counter() - counts["train_seconds"]
 
     def write_state() -> None:

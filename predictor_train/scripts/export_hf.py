@@ -1,4 +1,5 @@
-"""Export a ranker checkpoint as a Hugging Face sequence-classification directory. See --help."""
+"""Export a ranker checkpoint as a directory a standard library loads (transformers sequence-classification
+for pooler-pooled rankers, sentence-transformers for mean-pooled ones), or refuse in one line. See --help."""
 
 from pars.common.errors import run_cli
 from pars.model.export import main
