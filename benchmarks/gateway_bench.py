@@ -42,25 +42,38 @@ COMPLETION = {"id": "cmpl-0", "object": "text_completion", "created": 0, "model"
               "usage": {"prompt_tokens": 12, "total_tokens": 28, "completion_tokens": 16}}
 
 
+CHAT_COMPLETION = {"id": "chatcmpl-0", "object": "chat.completion", "created": 0, "model": "stand-in",
+                   "choices": [{"index": 0, "message": {"role": "assistant", "content": "a short answer"},
+                                "finish_reason": "length"}],
+                   "usage": {"prompt_tokens": 12, "total_tokens": 28, "completion_tokens": 16}}
+
+
 def stand_in_app(kind: str):
-    """The upstream (answers completions at once) or the predictor (/score_batch, score = length)."""
+    """The upstream (answers completions and chat completions at once) or the predictor (/score_batch,
+    score = length)."""
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     body = json.dumps(COMPLETION).encode()
+    chat_body = json.dumps(CHAT_COMPLETION).encode()
 
     async def completions(request: Request):
         await request.body()
         return Response(body, media_type="application/json")
+
+    async def chat(request: Request):
+        await request.body()
+        return Response(chat_body, media_type="application/json")
 
     async def score_batch(request: Request):
         prompts = (await request.json())["prompts"]
         return JSONResponse({"prompts": prompts, "scores": [float(len(p)) for p in prompts]})
 
     if kind == "upstream":
-        return Starlette(routes=[Route("/v1/completions", completions, methods=["POST"])])
+        return Starlette(routes=[Route("/v1/completions", completions, methods=["POST"]),
+                                 Route("/v1/chat/completions", chat, methods=["POST"])])
     return Starlette(routes=[Route("/score_batch", score_batch, methods=["POST"])])
 
 

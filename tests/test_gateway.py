@@ -198,6 +198,19 @@ def test_chat_scores_the_last_user_message_text(gateway, upstream, predictor):
     assert sent["messages"] == messages and sent["priority"] == int(response.headers["x-pars-priority"])
 
 
+def test_lone_surrogate_in_a_chat_prompt_is_scored_and_forwarded_unchanged(gateway, upstream, predictor):
+    """JSON may carry a lone surrogate, which no tokenizer (nor UTF-8) takes: the text scored has it replaced
+    (pars.common.text.scoreable), the body forwarded keeps the client's bytes."""
+    raw = b'{"model": "tiny", "messages": [{"role": "user", "content": "broken \\ud800 text"}]}'
+    with gateway() as url:
+        before = len(predictor.calls)
+        response = httpx.post(url + "/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 200 and response.headers["x-pars-priority-source"] == "scored"
+    assert predictor.calls[before:] == [["broken \ufffd text"]]
+    priority = response.headers["x-pars-priority"].encode()
+    assert upstream.last()["body"] == b'{"priority": ' + priority + b", " + raw[1:]
+
+
 def test_token_id_prompt_is_forwarded_neutral_without_scoring(gateway, upstream, predictor):
     with gateway() as url:
         before = len(predictor.calls)
@@ -208,9 +221,9 @@ def test_token_id_prompt_is_forwarded_neutral_without_scoring(gateway, upstream,
 
 
 def assert_neutral(priority: int) -> None:
-    """Neutral: quantile 0.5, so W/2 plus the arrival time (ms since the gateway started, < 60 s here)."""
-    half = BIG_WINDOW_S * 1000 / 2
-    assert half <= priority <= half + 60_000
+    """Neutral: quantile 0.5, so W/2 plus the arrival time (wall-clock ms, within the last minute here)."""
+    arrival_ms = priority - BIG_WINDOW_S * 1000 / 2
+    assert time.time() * 1000 - 60_000 <= arrival_ms <= time.time() * 1000
 
 
 # ---------------------------------------------------------------- streams and pass-through
@@ -274,8 +287,13 @@ def test_gateway_own_endpoints(gateway):
         complete(url, "hello")
         health = httpx.get(url + "/gateway/health").json()
         metrics = httpx.get(url + "/gateway/metrics").text
-    assert health["status"] == "ok" and health["max_overtake_ms"] == 2501.0 and health["scores_in_window"] == 1
+    assert health["status"] == "ok" and "reason" not in health
+    assert health["max_overtake_ms"] == 2501.0 and health["scores_in_window"] == 1
+    assert health["predictor_timeout_ms"] == health["predictor_timeout_base_ms"] == 5000  # a lone request's
+    assert health["predictor_timeout_max_ms"] == 5000  # the default cap (500) is below this test's base
+    assert health["recent"] == {"requests": 1, "fallbacks": 0}
     assert 'pars_gateway_requests_total{source="scored"} 1.0' in metrics
+    assert "pars_gateway_predictor_timeout_seconds 5.0" in metrics
 
 
 def test_upstream_down_is_a_502_from_the_gateway(predictor):

@@ -3,8 +3,10 @@
 settings  GATEWAY_* settings, read once
 prompts   the text to score in a completions or chat request
 body      setting `priority` in a JSON body without touching its other bytes
-priority  score -> integer priority with a starvation guard (arrival time + bounded score term)
+priority  score -> integer priority with a starvation guard (wall-clock arrival + bounded score term)
 scorers   remote (/score_batch, batched) or in-process (the service's batcher) scoring, with fallback
+deadline  how long a request waits for its score: the base timeout alone, longer in a burst
+health    /gateway/health's verdict: ok, or degraded with a reason
 proxy     forwarding a request upstream and relaying the answer, streams included
 observability  the gateway's Prometheus metrics
 app       the Starlette app factory and its lifespan

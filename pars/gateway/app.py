@@ -1,6 +1,11 @@
 """The gateway app: POST /v1/completions and /v1/chat/completions get a `priority`; everything else
 passes through. Its own endpoints live under /gateway/ so that vLLM's /health, /metrics, /docs and
-/openapi.json stay reachable through it."""
+/openapi.json stay reachable through it.
+
+/gateway/health answers 200 with `"status": "ok"` or `"degraded"` and a `"reason"` (pars/gateway/health.py):
+degraded means the predictor is unreachable or most recent requests fell back, while the gateway still
+proxies every request; a non-2xx code would make a load balancer pull a gateway that serves fine.
+"""
 
 from __future__ import annotations
 
@@ -24,12 +29,22 @@ from pars.gateway.policy import Prioritizer
 from pars.gateway.priority import max_overtake_ms
 from pars.gateway.prompts import SCORED_PATHS
 from pars.gateway.proxy import forward, has_body
-from pars.gateway.scorers import make_scorer
+from pars.gateway.scorers import RemoteScorer, make_scorer
 from pars.gateway.settings import GatewaySettings
 
 log = logging.getLogger("pars.gateway")
 
 METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]  # HEAD comes with GET
+PROBE_TIMEOUT_S = 0.5  # /gateway/health's check that an unreachable predictor is back
+
+
+async def probe_predictor(scorer: RemoteScorer) -> bool:
+    """Whether the predictor answers HTTP at all (its /health: no key needed, any status will do)."""
+    try:
+        await scorer.client.get("/health", timeout=PROBE_TIMEOUT_S)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 def create_app(settings: GatewaySettings | None = None, predictor_settings=None) -> Starlette:
@@ -86,11 +101,21 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
     async def health(request: Request) -> JSONResponse:
         s: GatewaySettings = request.app.state.settings
         p: Prioritizer = request.app.state.prioritizer
+        scorer = request.app.state.scorer
+        if p.health.unreachable() and isinstance(scorer, RemoteScorer) and await probe_predictor(scorer):
+            p.health.reachable_again()
+        status, reason = p.health.verdict()
         return JSONResponse({
-            "status": "ok", "upstream": s.upstream_url, "scorer": s.scorer, "client_priority": s.client_priority,
+            "status": status, **({"reason": reason} if reason else {}),
+            "upstream": s.upstream_url, "scorer": s.scorer, "client_priority": s.client_priority,
             "fairness_window_s": s.fairness_window_s, "max_overtake_ms": max_overtake_ms(s.fairness_window_s),
             "prompt_length_weight": s.prompt_length_weight,
             "clock_ms": round(p.clock.now_ms()), "scores_in_window": len(p.window),
+            "predictor_timeout_ms": round(p.deadline.last_s * 1000, 1),
+            "predictor_timeout_now_ms": round(p.deadline.now_s() * 1000, 1),
+            "predictor_timeout_base_ms": s.predictor_timeout_ms,
+            "predictor_timeout_max_ms": p.deadline.max_s * 1000,
+            "recent": p.health.recent(),
             "fallbacks": metrics.fallback_count(), "fallbacks_by_reason": metrics.fallbacks_by_reason(),
         })
 

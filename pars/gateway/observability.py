@@ -3,7 +3,7 @@ passes through to vLLM."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pars.common.watchdog import LoopMetrics
 
@@ -20,6 +20,9 @@ class GatewayMetrics:
                                  "because the predictor failed, by reason", ["reason"], registry=r)
         self.score_seconds = Histogram("pars_gateway_score_seconds", "time spent getting a score (fallbacks "
                                        "included)", buckets=_SCORE_BUCKETS, registry=r)
+        self.predictor_timeout = Gauge("pars_gateway_predictor_timeout_seconds", "how long the latest request "
+                                       "that asked for a score could wait for it (GATEWAY_PREDICTOR_TIMEOUT_MS "
+                                       "alone, up to GATEWAY_PREDICTOR_TIMEOUT_MAX_MS in a burst)", registry=r)
         self.upstream_errors = Counter("pars_gateway_upstream_errors_total", "requests the upstream could not be "
                                        "reached for (answered 502)", registry=r)
         self.loop = LoopMetrics(r, "pars_gateway")

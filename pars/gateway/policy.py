@@ -7,6 +7,14 @@ Rule for a client's own top-level `priority` (GATEWAY_CLIENT_PRIORITY):
            so -5000 moves a request ahead as if it had arrived 5 s earlier).
 A `priority` that is not an integer is forwarded untouched under every rule but override, so vLLM answers
 it as it would without the gateway. A body that is not a JSON object is forwarded untouched.
+
+The gateway's own priorities are wall-clock milliseconds (about 1.7e12, pars/gateway/priority.py), so a
+respected client priority of an ordinary size (0, 10, -5) goes ahead of every scored request, as the
+client asked for; offset is the rule for moving a request within the gateway's order.
+
+The text scored is the prompt made scoreable by pars.common.text.scoreable (its head and tail when long,
+lone surrogates replaced): one odd prompt must not fail the /score_batch call it shares with others. The
+body forwarded upstream is the client's, unchanged but for `priority`.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from pars.common.text import scoreable
 from pars.gateway.body import parse_object, with_priority
+from pars.gateway.deadline import ScoreDeadline
+from pars.gateway.health import HealthTracker
 from pars.gateway.observability import GatewayMetrics
 from pars.gateway.priority import NEUTRAL_QUANTILE, PriorityClock, QuantileWindow
 from pars.gateway.prompts import prompt_text, requested_tokens
@@ -47,13 +58,9 @@ def _is_int(value: object) -> bool:
 
 
 def scorable_text(text: str, max_chars: int) -> str:
-    """The prompt, or its first and last max_chars/2 characters when longer (the ranker reads its start, or
-    its start and end under PREDICTOR_TRUNCATION=middle), with lone surrogates (valid in JSON, not in
-    UTF-8) replaced: one such prompt would otherwise fail the whole /score_batch call it shares with others."""
-    if len(text) > max_chars:
-        head = (max_chars + 1) // 2
-        text = text[:head] + text[len(text) - (max_chars - head):]
-    return text if text.isascii() else text.encode("utf-8", "replace").decode("utf-8")
+    """The prompt as scored: the ranker reads its start, or start and end under PREDICTOR_TRUNCATION=middle,
+    so its first and last max_chars/2 characters, lone surrogates replaced (pars.common.text.scoreable)."""
+    return scoreable(text, max_chars, keep_tail=True)[0]
 
 
 class Prioritizer:
@@ -65,7 +72,9 @@ class Prioritizer:
         self.window = QuantileWindow(settings.quantile_window)
         self.lengths = QuantileWindow(settings.quantile_window)  # prompt lengths, for prompt_length_weight
         self.clock = clock if clock is not None else PriorityClock(settings.fairness_window_s)
-        self.timeout_s = settings.predictor_timeout_ms / 1000
+        self.deadline = ScoreDeadline(settings.predictor_timeout_ms / 1000, settings.predictor_timeout_max_ms / 1000)
+        self.health = HealthTracker()
+        metrics.predictor_timeout.set(self.deadline.base_s)
         self._fallback_log: dict[str, tuple[float, int]] = {}  # reason -> (last logged, unlogged since)
 
     async def assign(self, path: str, raw: bytes, arrival_ms: float) -> Assignment:
@@ -98,8 +107,7 @@ class Prioritizer:
         started = time.perf_counter()
         reason = detail = None
         try:
-            score = await asyncio.wait_for(self.scorer.score(scorable_text(text, self.settings.max_prompt_chars)),
-                                           self.timeout_s)
+            score = await self.deadline.wait(self.scorer.score(scorable_text(text, self.settings.max_prompt_chars)))
             if not math.isfinite(score):
                 reason = "bad_score"
         except (asyncio.TimeoutError, httpx.TimeoutException) as exc:
@@ -110,6 +118,8 @@ class Prioritizer:
             reason, detail = "error", exc
         seconds = time.perf_counter() - started
         self.metrics.score_seconds.observe(seconds)
+        self.metrics.predictor_timeout.set(self.deadline.last_s)
+        self.health.record(reason, detail)
         if reason is not None:
             self.metrics.fallbacks.labels(reason).inc()
             self._log_fallback(reason, detail, seconds)

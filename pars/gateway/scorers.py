@@ -2,7 +2,8 @@
 
 Both real scorers share forward passes between concurrent arrivals: the remote one gathers prompts for
 GATEWAY_GATHER_MS into one /score_batch call; the in-process one hands them to the service's own
-DynamicBatcher. The caller bounds the wait (GATEWAY_PREDICTOR_TIMEOUT_MS) and falls back on any error.
+DynamicBatcher. The caller bounds the wait (pars/gateway/deadline.py: GATEWAY_PREDICTOR_TIMEOUT_MS, longer
+in a burst) and falls back on any error.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class RemoteScorer:
     def __init__(self, url: str, timeout_s: float, gather_s: float, max_batch: int,
                  api_key: str | None = None, transport: httpx.AsyncBaseTransport | None = None) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # The timeout of one call is the caller's own: nobody waits on the answer longer than that.
+        # The longest any caller may wait (pars/gateway/deadline.py): nobody waits on the answer longer than
+        # that. Callers of one call may have different allowances: those that gave up leave it to the rest.
         self.client = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout_s, transport=transport,
                                         limits=pool_limits(32, 32))
         self.gather_s = gather_s
@@ -154,7 +156,8 @@ def make_scorer(settings: GatewaySettings, predictor_settings=None) -> Scorer | 
     policy reads the request's own max_tokens)."""
     if settings.scorer == "remote":
         key = settings.predictor_api_key.get_secret_value() if settings.predictor_api_key else None
-        return RemoteScorer(settings.predictor_url, settings.predictor_timeout_ms / 1000, settings.gather_ms / 1000,
+        longest_ms = max(settings.predictor_timeout_ms, settings.predictor_timeout_max_ms)
+        return RemoteScorer(settings.predictor_url, longest_ms / 1000, settings.gather_ms / 1000,
                             settings.max_batch_prompts, api_key=key)
     if settings.scorer == "local":
         return LocalScorer(predictor_settings)

@@ -34,8 +34,12 @@ class GatewaySettings(BaseSettings):
     scorer: Literal["remote", "local", "none", "max_tokens"] = "remote"
     predictor_url: str = "http://127.0.0.1:8001"
     predictor_api_key: SecretStr | None = None  # sent as `Authorization: Bearer <key>` to the predictor
-    # A request whose score is not back within this goes upstream with the neutral priority.
+    # A lone request whose score is not back within this goes upstream with the neutral priority.
     predictor_timeout_ms: float = Field(default=50.0, gt=0)
+    # In a burst (other requests waiting for scores at the same time) the wait follows the predictor's
+    # measured time for bursts that size, up to this (pars/gateway/deadline.py): the upstream queues a burst
+    # anyway. At or below predictor_timeout_ms: a fixed timeout of predictor_timeout_ms, as before.
+    predictor_timeout_max_ms: float = Field(default=500.0, gt=0)
     # remote: while a /score_batch call is in flight, gather new prompts this long for the next call
     gather_ms: float = Field(default=2.0, ge=0)
     max_batch_prompts: int = Field(default=64, ge=1)  # remote: prompts per /score_batch call
