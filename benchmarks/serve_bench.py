@@ -40,6 +40,7 @@ import numpy as np
 
 from pars.common.httpclient import pool_limits
 from pars.common.processes import free_port, rss_mib
+from pars.serving.settings import physical_cores
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -476,8 +477,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: physical cores)")
     p.add_argument("--levels", default="1,8,32,128", help="concurrent clients, comma-separated")
     p.add_argument("--endpoints", default="/score,/score_batch", help="comma-separated, from /score and /score_batch")
-    # The defaults (batching, torch, the device's dtype) against the original release's way of serving.
-    p.add_argument("--servers", default="batching:torch,per_request:torch@PREDICTOR_DTYPE=float32",
+    # The defaults (batching, torch, the device's dtype, the default threads) against the original release's way
+    # of serving: one forward pass per request, float32, torch's default threads (the physical cores).
+    original = f"per_request:torch:{physical_cores()}@PREDICTOR_DTYPE=float32"
+    p.add_argument("--servers", default=f"batching:torch,{original}",
                    help="servers to compare, runner:backend[:threads][@KEY=VALUE+KEY=VALUE] (runner batching or "
                         "per_request; backend torch, onnx or onnx-int8; after '@' that server's own environment, e.g. "
                         "batching:onnx-int8@PREDICTOR_FORWARD_OVERHEAD_TOKENS=128); per_request:torch is the "

@@ -55,7 +55,10 @@ class Settings(BaseSettings):
     # ONNX backends (pars/model/precision.py says what the rule rests on). float16: CUDA only; bfloat16: cast
     # weights on CUDA, autocast on CPU.
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    num_threads: int | None = Field(default=None, ge=1, le=1024)  # intra-op threads in all; None: physical cores
+    # Intra-op threads in all. None: one fewer than the physical cores (at least 1): the HTTP layer, the tokenizer
+    # and the batcher need a core that torch's spinning workers do not take. On the 2-core reference machine one
+    # thread beat two at 1, 8 and 32 clients (p50 at 1 client 26 against 36 ms; docs/serving-measurements.md).
+    num_threads: int | None = Field(default=None, ge=1, le=1024, description="physical cores - 1 (at least 1)")
     # Forward passes that may run at once, each on its own thread with num_threads / workers intra-op threads.
     # Small passes use several threads poorly, but a long prompt's pass on fewer threads takes longer: here
     # 2 workers gave 4-7 % more prompts/s and a worse p99 at 8 clients (docs/serving-measurements.md).
@@ -98,7 +101,7 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive within this; else HTTP 408
 
     def threads(self) -> int:
-        return self.num_threads or physical_cores()
+        return self.num_threads or max(1, physical_cores() - 1)
 
     def threads_per_worker(self) -> int:
         return max(1, self.threads() // self.inference_workers)
