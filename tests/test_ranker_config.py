@@ -143,3 +143,18 @@ def test_the_service_default_is_auto(monkeypatch, checkpoint, tiny_model_dir, na
     settings = Settings(model_path=str(checkpoint), model_name=str(tiny_model_dir), device="cpu")
     assert settings.dtype == "auto"
     assert load_scorer(settings).dtype == want
+
+
+def test_fine_tuning_continues_the_rankers_settings(configured, tiny_data, tmp_path):
+    from pars.train import loop as train
+
+    base = ["--train-file", str(tiny_data / "train_pairs_length_diff_0.2.json"),
+            "--val-file", str(tiny_data / "val_pairs_length_diff_0.2.json"), "--resume-from", str(configured),
+            "--num-epochs", "1", "--batch-size", "8", "--max-train-samples", "16", "--device", "cpu"]
+    assert train.main([*base, "--output-dir", str(tmp_path / "tuned")]) == 0
+    tuned = read_ranker_config(tmp_path / "tuned" / "best_model.pt")
+    assert (tuned.model_name, tuned.pooling, tuned.truncation, tuned.max_length) == (
+        read_ranker_config(configured).model_name, "mean", "middle", 16)
+    with pytest.raises(PARSError, match="--pooling=pooler"):
+        train.main([*base, "--output-dir", str(tmp_path / "other"), "--pooling", "pooler"])
+

@@ -134,3 +134,13 @@ def resolve(checkpoint: str | os.PathLike[str] | None, given: Mapping[str, Any],
             raise PARSError(f"{checkpoint} was trained with {key}={getattr(config, key)} ({config.source}) but "
                             f"{name(key)}={value} was given; leave {name(key)} unset (the checkpoint's own is used)")
     return replace(config, **given)
+
+
+def for_training(resume_from: str | os.PathLike[str] | None, given: Mapping[str, Any],
+                 name: Callable[[str], str] = lambda key: key) -> RankerConfig:
+    """The settings a training run uses: fine-tuning (--resume-from) continues the ranker's own, with the flags
+    given on top (a contradiction is a one-line PARSError); a fresh run takes the flags over the original's."""
+    if resume_from is None:
+        return replace(RankerConfig(), **{k: v for k, v in given.items() if v is not None})
+    return resolve(resume_from, given, name)
+

@@ -37,7 +37,7 @@ from pars.eval.rank_metrics import kendall_tau, length_cap, length_weighted_tau,
 from pars.model import precision
 from pars.model.checkpoint import load_state_dict_into, read_state_dict, save_checkpoint
 from pars.model.ranker import POOLINGS, PairwiseRanker, load_tokenizer
-from pars.model.ranker_config import RankerConfig
+from pars.model.ranker_config import SCORE_SETTINGS, RankerConfig, for_training
 from pars.model.scoring import PromptScorer
 from pars.model.truncation import TRUNCATIONS
 from pars.train import distributed as dist
@@ -67,15 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-file", required=True, help="Val pairs JSON (val_pairs_length_diff_<t>.json).")
     p.add_argument("--output-dir", required=True, help="Directory for checkpoints and metrics.json.")
     p.add_argument(
-        "--model-name", default="bert-base-uncased",
-        help=f"Encoder: hub id, local directory, or '{OFFLINE_ENCODER}' for the offline all-MiniLM-L6-v2.",
+        "--model-name", default=None,
+        help=f"Encoder: hub id, local directory, or '{OFFLINE_ENCODER}' for the offline all-MiniLM-L6-v2. "
+             "Default, as for the next three: the --resume-from ranker's own (its ranker_config.json), else "
+             "the original release's (bert-base-uncased, 128, head, pooler).",
     )
-    p.add_argument("--max-length", type=int, default=128, help="Tokens per prompt (longer ones are truncated).")
-    p.add_argument("--truncation", choices=TRUNCATIONS, default="head",
+    p.add_argument("--max-length", type=int, default=None, help="Tokens per prompt (longer ones are truncated).")
+    p.add_argument("--truncation", choices=TRUNCATIONS, default=None,
                    help="How a prompt over --max-length is cut: head keeps its first tokens (the original "
                         "release); middle keeps its first and last halves, so an instruction after long "
                         "material is seen. Serve the ranker with the same (PREDICTOR_TRUNCATION).")
-    p.add_argument("--pooling", choices=POOLINGS, default="pooler",
+    p.add_argument("--pooling", choices=POOLINGS, default=None,
                    help="What fc reads: pooler is the encoder's pooler output (CLS when it has none; the "
                         "original release); mean is the mean of the prompt's token states, which "
                         "sentence-transformers encoders were trained to pool. Serve the ranker with the "
@@ -98,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "float32 on CPU; no elsewhere.")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (per rank).")
     p.add_argument("--seed", type=int, default=42, help="Seed of shuffling, subsampling and init.")
-    p.add_argument("--resume-from", default=None, help="Start from this checkpoint's weights (a state_dict).")
+    p.add_argument("--resume-from", default=None, help="Fine-tune: start from this ranker's weights (a state_dict) "
+                   "and settings (its ranker_config.json; a flag contradicting them is refused).")
     # Beyond the original: bounds for a time budget, device choice, ranking metrics.
     p.add_argument("--max-steps", type=int, default=None,
                    help="Stop after this many optimizer steps (the schedule is fitted to it).")
@@ -278,6 +281,9 @@ def peak_rss_mib() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    given = {key: getattr(args, key) for key in SCORE_SETTINGS}
+    config = for_training(args.resume_from, given, name=lambda key: "--" + key.replace("_", "-"))
+    vars(args).update({key: getattr(config, key) for key in SCORE_SETTINGS})
     check_args(args)
     info, device = dist.setup(args.device)
     try:
