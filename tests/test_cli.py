@@ -17,7 +17,8 @@ from pars.serving.settings import Settings
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(p.relative_to(ROOT) for d in ("data_preprocess", "predictor_train", "predictor_serving")
                  for p in (ROOT / d / "scripts").glob("*.py"))
-CONSOLE_SCRIPTS = {"pars-preprocess", "pars-train", "pars-evaluate", "pars-export", "pars-serve", "pars-gateway"}
+CONSOLE_SCRIPTS = {"pars-preprocess", "pars-train", "pars-evaluate", "pars-export", "pars-serve", "pars-gateway",
+                   "pars-retrain"}
 
 
 def help_of(script: Path) -> str:

@@ -27,6 +27,7 @@ ALLOWED = {
     "train": {"common", "data", "model", "eval"},
     "serving": {"common", "model"},
     "gateway": {"common", "serving"},
+    "retrain": {"common", "data", "model", "eval", "train"},
 }
 
 

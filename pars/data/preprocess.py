@@ -27,6 +27,30 @@ from pars.data.sources import SPECS, DatasetSpec, keep_example, normalize_exampl
 from pars.data.token_lengths import load_length_tokenizer, recount_lengths
 
 _BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+TRACE = "trace"  # `pars-preprocess trace`: pars.data.traces, not a DatasetSpec
+
+
+def add_split_pair_flags(parser: argparse.ArgumentParser, train_num_pairs: int = 10,
+                         val_num_pairs: int = 10) -> None:
+    """The flags every stage-1 command shares (the datasets' scripts and preprocess_trace.py)."""
+    parser.add_argument("--output-dir", required=True, help="Directory for the four output files.")
+    parser.add_argument("--seed", type=int, default=42, help="Seed of the split and of train pairing (val: seed+1).")
+    parser.add_argument("--test-size", type=float, default=0.1, help="Validation share of the rows.")
+    parser.add_argument(
+        "--similarity-threshold", type=float, default=0.2,
+        help="Minimum relative answer-length difference for a pair, in [0, 1).",
+    )
+    parser.add_argument("--train-num-pairs", type=int, default=train_num_pairs, help="Pairs per train row.")
+    parser.add_argument("--val-num-pairs", type=int, default=val_num_pairs, help="Pairs per val row.")
+
+
+def check_split_pair_args(args: argparse.Namespace) -> None:
+    """add_split_pair_flags' values in range, or a PARSError."""
+    check_threshold(args.similarity_threshold)
+    if not 0.0 < args.test_size < 1.0:
+        raise PARSError(f"--test-size must be in (0, 1), got {args.test_size}")
+    if args.train_num_pairs < 0 or args.val_num_pairs < 0:
+        raise PARSError("--train-num-pairs and --val-num-pairs must be >= 0")
 
 
 def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
@@ -40,15 +64,7 @@ def build_parser(spec: DatasetSpec) -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--output-dir", required=True, help="Directory for the four output files.")
-    parser.add_argument("--seed", type=int, default=42, help="Seed of the split and of train pairing (val: seed+1).")
-    parser.add_argument("--test-size", type=float, default=0.1, help="Validation share of the rows.")
-    parser.add_argument(
-        "--similarity-threshold", type=float, default=0.2,
-        help="Minimum relative answer-length difference for a pair, in [0, 1).",
-    )
-    parser.add_argument("--train-num-pairs", type=int, default=spec.train_num_pairs, help="Pairs per train row.")
-    parser.add_argument("--val-num-pairs", type=int, default=spec.val_num_pairs, help="Pairs per val row.")
+    add_split_pair_flags(parser, spec.train_num_pairs, spec.val_num_pairs)
     parser.add_argument(
         "--data-files", nargs="+", default=None, metavar="PATH",
         help="Local JSON/JSONL/Parquet files in the dataset's own schema, instead of the default source.",
@@ -169,11 +185,7 @@ def all_turn_rows(ds, spec: DatasetSpec, val_idx: set[int]) -> tuple[list[dict],
 
 
 def preprocess(spec: DatasetSpec, args: argparse.Namespace) -> dict[str, Any]:
-    check_threshold(args.similarity_threshold)
-    if not 0.0 < args.test_size < 1.0:
-        raise PARSError(f"--test-size must be in (0, 1), got {args.test_size}")
-    if args.train_num_pairs < 0 or args.val_num_pairs < 0:
-        raise PARSError("--train-num-pairs and --val-num-pairs must be >= 0")
+    check_split_pair_args(args)
     logging.getLogger("datasets").setLevel(logging.ERROR)
     length_tokenizer = None
     if getattr(args, "length_tokenizer", None):
@@ -264,12 +276,17 @@ def main(spec_name: str, argv: Sequence[str] | None = None) -> int:
 def dataset_main(argv: Sequence[str] | None = None) -> int:
     """`pars-preprocess DATASET [flags]`: the dataset's script, named by its first argument."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    names = ", ".join(SPECS)
+    names = ", ".join([*SPECS, TRACE])
     if not argv or argv[0] in ("-h", "--help"):
         rows = "\n".join(f"  {s.name:<10} {s.description}" for s in SPECS.values())
+        rows += f"\n  {TRACE:<10} your own traffic: gateway records, OpenAI Batch API files or request/response logs"
         print(f"usage: pars-preprocess DATASET [flags]   (`pars-preprocess DATASET --help` lists the flags)\n\n"
               f"DATASET, one of {names}:\n{rows}")
         return 0 if argv else 2
+    if argv[0] == TRACE:  # imported here: pars.data.traces imports this module's shared flags
+        from pars.data import traces
+
+        return traces.main(argv[1:])
     if argv[0] not in SPECS:
         raise PARSError(f"unknown dataset {argv[0]!r}: use one of {names}")
     return main(argv[0], argv[1:])

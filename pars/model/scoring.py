@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -15,8 +16,9 @@ from transformers import PreTrainedTokenizerBase
 
 from pars.common.errors import PARSError
 from pars.model import precision
-from pars.model.ranker import PairwiseRanker
-from pars.model.ranker_config import RankerConfig
+from pars.model.checkpoint import load_ranker
+from pars.model.ranker import PairwiseRanker, load_tokenizer
+from pars.model.ranker_config import RankerConfig, resolve
 from pars.model.truncation import check_truncation, encode_prompts
 
 
@@ -77,6 +79,17 @@ class PromptScorer:
         self.autocast_dtype: torch.dtype | None = None
         self.dtype = torch.float32  # what the passes compute in (set_dtype)
         self.config: RankerConfig | None = None  # the settings it was loaded with, when loaded from a checkpoint
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str, device: str | torch.device | None = None, **given) -> PromptScorer:
+        """A checkpoint (or exported directory) scored as its ranker config says, float32; settings given (not
+        None) on top, a contradiction refused (pars/model/ranker_config.py)."""
+        config = resolve(checkpoint, given, name=lambda key: "--" + key.replace("_", "-"))
+        tokenizer = load_tokenizer(checkpoint if Path(checkpoint).is_dir() else config.model_name)
+        scorer = cls(load_ranker(config.model_name, checkpoint, config.pooling), tokenizer,
+                     max_length=config.max_length, device=device, truncation=config.truncation)
+        scorer.config = config
+        return scorer
 
     def set_dtype(self, dtype: torch.dtype) -> None:
         """Score in `dtype`. On CUDA the weights are cast. On CPU only bfloat16 is offered, as autocast:
