@@ -54,7 +54,7 @@ def api_schema(fuzz_server):
 # as its own test, in positive and negative modes. (schemathesis.pytest.from_fixture, the lazy loader,
 # fails under pytest 9, so the Hypothesis test is built here from the operation's strategy.)
 OPERATIONS = [("/score", "POST"), ("/score_batch", "POST"), ("/compare", "POST"), ("/compare_batch", "POST"),
-              ("/", "GET"), ("/health", "GET"), ("/ready", "GET"), ("/metrics", "GET")]
+              ("/", "GET"), ("/health", "GET"), ("/ready", "GET"), ("/metrics", "GET"), ("/admin/reload", "POST")]
 
 
 def test_openapi_lists_these_operations(api_schema):

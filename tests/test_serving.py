@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 import torch
@@ -19,6 +21,10 @@ def server(tiny_model_dir, checkpoint):
 
 def test_root(server, checkpoint, tiny_model_dir):
     body = httpx.get(server + "/").json()
+    # its identity, a content hash (tests/test_reload.py), is also on every scoring answer
+    ranker_id = body.pop("ranker_id")
+    assert re.fullmatch(r"[0-9a-f]{16}", ranker_id)
+    assert httpx.post(server + "/score", json={"prompt": "yes"}).headers["x-pars-ranker-id"] == ranker_id
     # a bare checkpoint (no ranker_config.json): the original release's settings, the encoder as given
     assert body == {"message": "Predictor score model is running.", "model_path": str(checkpoint),
                     "model_name": str(tiny_model_dir), "device": "cpu", "dtype": "float32", "backend": "torch",

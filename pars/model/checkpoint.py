@@ -36,7 +36,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 "(loaded with weights_only=True; re-save it as a plain state_dict)"
             ) from None
         raise PARSError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError) as exc:
+        # torch.load raises these too on a file that is not a checkpoint at all (a text file, /etc/passwd)
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise PARSError(f"checkpoint {path} is corrupt or truncated ({first})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

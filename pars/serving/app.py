@@ -3,6 +3,8 @@
 Every scoring endpoint goes through one runner: the dynamic batcher (default), which scores the prompts
 of concurrent requests together on a dedicated inference thread, or, with PREDICTOR_BATCHING=off, one
 forward pass per request on that same thread. Tokenization runs on its own thread, off the event loop.
+The ranker, its engine and its runner belong to a `RankerHolder` (pars/serving/reload.py), which swaps in
+a new ranker on POST /admin/reload or SIGHUP without stopping the service.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import Annotated
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import Body, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -30,11 +32,10 @@ from pars.common.errors import PARSError
 from pars.common.startup import OneLineStartupErrors
 from pars.common.text import replace_surrogates, scoreable
 from pars.common.watchdog import StallWatchdog
-from pars.model.ranker_config import RankerConfig
-from pars.serving.batcher import QueueFullError, ShuttingDownError, build_runner
-from pars.serving.engine import InferenceEngine, load_scorer
+from pars.serving.batcher import QueueFullError, ShuttingDownError
 from pars.serving.limits import BodyLimits
 from pars.serving.observability import Metrics, RequestMetrics
+from pars.serving.reload import RANKER_ID_HEADER, Generation, RankerHolder, ReloadError
 from pars.serving.schemas import (
     CompareBatchRequest,
     CompareBatchResponse,
@@ -44,6 +45,8 @@ from pars.serving.schemas import (
     HealthResponse,
     RankerSettings,
     ReadyResponse,
+    ReloadRequest,
+    ReloadResponse,
     RootResponse,
     ScoreBatchRequest,
     ScoreBatchResponse,
@@ -70,15 +73,6 @@ def priority_of(score: float, scale: float) -> int:
     return max(-PRIORITY_BOUND, min(PRIORITY_BOUND, round(score * scale)))
 
 
-def dtype_name(scorer) -> str:
-    return str(scorer.dtype).removeprefix("torch.")
-
-
-def ranker_settings(config: RankerConfig) -> RankerSettings:
-    data = {k: v for k, v in config.to_dict().items() if k not in ("format", "version")}
-    return RankerSettings(**data, config_source=config.source)
-
-
 class ServiceError(Exception):
     def __init__(self, status: int, error: str, message: str) -> None:
         super().__init__(message)
@@ -101,6 +95,14 @@ SCORING_ERRORS: dict[int | str, dict] = {
         400: "body is not UTF-8 or not parseable", 401: "missing or wrong API key", 408: "body not received in time",
         413: "body or prompt count over its limit", 422: "invalid request", 429: "queue full",
         503: "shutting down", 504: "not scored in time"}.items()
+}
+RELOAD_ERRORS: dict[int | str, dict] = {
+    status: {"model": ErrorResponse, "description": description} for status, description in {
+        400: "body is not UTF-8 or not parseable", 401: "missing or wrong API key", 408: "body not received in time",
+        413: "body over PREDICTOR_MAX_BODY_BYTES",
+        403: "reload is off (no PREDICTOR_API_KEY, PREDICTOR_ADMIN_RELOAD unset)",
+        409: "another reload is in progress", 422: "invalid body, or the new ranker failed to load or to warm up "
+        "(`reload_failed`, the reason in `message`; the ranker in use keeps serving)", 503: "shutting down"}.items()
 }
 
 
@@ -131,10 +133,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.status, app.state.status_message = "loading", "loading the model"
+
+        def swapped(gen: Generation) -> None:
+            if app.state.status == "failed":  # the start-up warm-up failed; the reloaded ranker passed its own
+                app.state.status, app.state.status_message = "ready", "model loaded and warmed up"
+                metrics.ready.set(1)
+
         try:
             s = settings if settings is not None else Settings()
             torch.set_num_threads(s.threads_per_worker())
-            scorer = await run_in_threadpool(load_scorer, s)
+            holder = RankerHolder(s, metrics, on_swap=swapped)
+            await holder.start()
         except ValidationError as exc:
             err = exc.errors()[0]
             app.state.startup_error = f"bad setting PREDICTOR_{str(err['loc'][0]).upper()}: {err['msg']}"
@@ -143,22 +152,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.startup_error = str(exc)
             raise
         app.state.settings = s
-        app.state.scorer = scorer
-        shown = ranker_settings(scorer.config).model_dump()
-        metrics.ranker.info({**{k: str(v) for k, v in shown.items()}, "dtype": dtype_name(scorer),
-                             "backend": s.backend, "device": str(scorer.device)})
+        app.state.holder = holder
         api_key = s.api_key.get_secret_value() if s.api_key is not None else ""
         app.state.api_key = api_key.encode() if api_key else None
-        engine, runner = build_runner(scorer, s, metrics)
-        app.state.engine, app.state.runner = engine, runner
         app.state.tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pars-tokenize")
-        runner.start()
+        holder.reload_on_sighup()
 
         async def warm_up() -> None:
             if s.warmup:
                 app.state.status, app.state.status_message = "warming_up", "warming up the model"
                 try:
-                    await engine.run(engine.warm_up)
+                    await holder.warm_up_current()
                 except Exception as exc:  # noqa: BLE001 - reported by /ready, the service keeps trying requests
                     log.exception("warm-up failed")
                     app.state.status, app.state.status_message = "failed", f"warm-up failed: {exc}"
@@ -178,8 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.status, app.state.status_message = "stopping", "shutting down"
             metrics.ready.set(0)
             await asyncio.gather(warm_task, return_exceptions=True)
-            await runner.close()
-            engine.close()
+            await holder.close()
             app.state.tokenizer_thread.shutdown(wait=True)
             await watchdog.stop()
 
@@ -215,33 +218,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Still logged with its traceback by Starlette; the client gets JSON like every other error.
         return error_response(500, "internal_error", "internal error; see the server log")
 
-    async def scores_of(request: Request, prompts: Sequence[str]) -> list[float]:
-        """The limits, then tokenization (its own thread), then the runner, within the request timeout."""
+    async def scores_of(request: Request, response: Response, prompts: Sequence[str]) -> list[float]:
+        """The limits, then tokenization (its own thread), then the runner, within the request timeout; all with
+        the ranker in use when the request started, whose id goes into the answer's x-pars-ranker-id."""
         s: Settings = request.app.state.settings
         if len(prompts) > s.max_prompts_per_request:
             raise ServiceError(413, "too_many_prompts", f"{len(prompts)} prompts in one request; the limit is "
                                f"{s.max_prompts_per_request} (PREDICTOR_MAX_PROMPTS_PER_REQUEST)")
-        if not prompts:
-            return []
-        # One odd prompt never fails its neighbours: an over-long one is cut (what the ranker reads of it stays),
-        # lone surrogates are replaced; both counted.
-        keep_tail = request.app.state.scorer.truncation == "middle"
-        texts = []
-        for p in prompts:
-            text, changed = scoreable(p, s.max_prompt_chars, keep_tail)
-            if changed:
-                metrics.prompts_changed.labels("cut" if len(p) > s.max_prompt_chars else "surrogates").inc()
-            texts.append(text)
-        prompts = texts
-        engine: InferenceEngine = request.app.state.engine
+        holder: RankerHolder = request.app.state.holder
+        with holder.use() as gen:  # tokenized and scored by one ranker, even if a reload swaps meanwhile
+            response.headers[RANKER_ID_HEADER] = gen.ranker_id
+            if not prompts:
+                return []
+            # One odd prompt never fails its neighbours: an over-long one is cut (what the ranker reads of it
+            # stays), lone surrogates are replaced; both counted.
+            keep_tail = gen.scorer.truncation == "middle"
+            texts = []
+            for p in prompts:
+                text, changed = scoreable(p, s.max_prompt_chars, keep_tail)
+                if changed:
+                    metrics.prompts_changed.labels("cut" if len(p) > s.max_prompt_chars else "surrogates").inc()
+                texts.append(text)
 
-        async def tokenize_and_score() -> list[float]:
-            ids = await asyncio.get_running_loop().run_in_executor(request.app.state.tokenizer_thread,
-                                                                   engine.encode, prompts)
-            return await request.app.state.runner.score(ids)
+            async def tokenize_and_score() -> list[float]:
+                ids = await asyncio.get_running_loop().run_in_executor(request.app.state.tokenizer_thread,
+                                                                       gen.engine.encode, texts)
+                return await gen.runner.score(ids)
 
+            return await scored_in_time(tokenize_and_score(), s)
+
+    async def scored_in_time(work, s: Settings) -> list[float]:
         try:
-            return await asyncio.wait_for(tokenize_and_score(), s.request_timeout_s)
+            return await asyncio.wait_for(work, s.request_timeout_s)
         except QueueFullError as exc:
             raise ServiceError(429, "queue_full", str(exc)) from None
         except ShuttingDownError as exc:
@@ -266,20 +274,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", response_model=RootResponse)
     async def root(request: Request) -> RootResponse:
         s: Settings = request.app.state.settings
-        scorer = request.app.state.scorer
-        return RootResponse(message="Predictor score model is running.", model_path=s.model_path,
-                            model_name=scorer.config.model_name, device=str(scorer.device), dtype=dtype_name(scorer),
-                            backend=s.backend, batching=s.batching, ranker=ranker_settings(scorer.config))
+        gen: Generation = request.app.state.holder.current
+        return RootResponse(message="Predictor score model is running.", model_path=gen.model_path,
+                            ranker_id=gen.ranker_id, model_name=gen.config.model_name, device=str(gen.scorer.device),
+                            dtype=gen.dtype_name, backend=s.backend, batching=s.batching,
+                            ranker=RankerSettings.of(gen.config))
+
+    @app.post("/admin/reload", response_model=ReloadResponse, responses=RELOAD_ERRORS)
+    async def admin_reload(request: Request,
+                           body: Annotated[ReloadRequest | None, Body()] = None) -> ReloadResponse:
+        """Load a ranker (`model_path`, else the current path re-read) beside the one in use, warm it up and
+        swap it in; refused with the reason while the old one keeps serving. pars/serving/reload.py."""
+        s: Settings = request.app.state.settings
+        if not s.reload_endpoint_on():
+            # 403 rather than 404: the caller learns why and what to set (the schema shows the path anyway).
+            raise ServiceError(403, "reload_off", "POST /admin/reload is off: set PREDICTOR_API_KEY (it then needs "
+                               "the key) or PREDICTOR_ADMIN_RELOAD=true; SIGHUP reloads regardless")
+        try:
+            result = await request.app.state.holder.reload(body.model_path if body is not None else None)
+        except ReloadError as exc:
+            raise ServiceError(exc.status, exc.code, exc.message) from None
+        gen = result.current
+        return ReloadResponse(status="reloaded", ranker_id=gen.ranker_id, previous_ranker_id=result.previous_id,
+                              model_path=gen.model_path, ranker=RankerSettings.of(gen.config),
+                              seconds=round(result.seconds, 3))
 
     @app.post("/score", response_model=ScoreResponse, responses=SCORING_ERRORS)
-    async def score(body: ScoreRequest, request: Request) -> ScoreResponse:
-        (value,) = await scores_of(request, [body.prompt])
+    async def score(body: ScoreRequest, request: Request, response: Response) -> ScoreResponse:
+        (value,) = await scores_of(request, response, [body.prompt])
         return ScoreResponse(prompt=replace_surrogates(body.prompt), score=value)
 
     @app.post("/score_batch", response_model=ScoreBatchResponse, response_model_exclude_none=True,
               responses=SCORING_ERRORS)
-    async def score_batch(body: ScoreBatchRequest, request: Request) -> ScoreBatchResponse:
-        scores = await scores_of(request, body.prompts)
+    async def score_batch(body: ScoreBatchRequest, request: Request, response: Response) -> ScoreBatchResponse:
+        scores = await scores_of(request, response, body.prompts)
         priorities = None
         if body.return_score_priorities or body.return_priorities:
             scale = request.app.state.settings.priority_scale
@@ -289,14 +317,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                   score_priorities=priorities, priorities=earlier)
 
     @app.post("/compare", response_model=CompareResponse, responses=SCORING_ERRORS)
-    async def compare_one(body: CompareRequest, request: Request) -> CompareResponse:
-        score_a, score_b = await scores_of(request, [body.prompt_a, body.prompt_b])
+    async def compare_one(body: CompareRequest, request: Request, response: Response) -> CompareResponse:
+        score_a, score_b = await scores_of(request, response, [body.prompt_a, body.prompt_b])
         return compare(body.prompt_a, body.prompt_b, score_a, score_b)
 
     @app.post("/compare_batch", response_model=CompareBatchResponse, responses=SCORING_ERRORS)
-    async def compare_batch(body: CompareBatchRequest, request: Request) -> CompareBatchResponse:
+    async def compare_batch(body: CompareBatchRequest, request: Request, response: Response) -> CompareBatchResponse:
         prompts = [p.prompt_a for p in body.pairs] + [p.prompt_b for p in body.pairs]
-        scores = await scores_of(request, prompts)
+        scores = await scores_of(request, response, prompts)
         n = len(body.pairs)
         return CompareBatchResponse(
             results=[compare(p.prompt_a, p.prompt_b, scores[i], scores[n + i]) for i, p in enumerate(body.pairs)]

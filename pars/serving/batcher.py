@@ -63,11 +63,12 @@ class _Admission:
         if self.waiting + n > self.limit and self.waiting > 0:
             raise QueueFullError(f"queue full ({self.waiting} prompts waiting, limit {self.limit}); retry later")
         self.waiting += n
-        self.metrics.queue_depth.set(self.waiting)
+        # inc/dec rather than set: during a reload two runners (the old ranker's and the new one's) share it
+        self.metrics.queue_depth.inc(n)
 
     def release(self, n: int) -> None:
         self.waiting -= n
-        self.metrics.queue_depth.set(self.waiting)
+        self.metrics.queue_depth.dec(n)
 
 
 class DynamicBatcher:

@@ -14,8 +14,8 @@ from pars.serving.settings import Settings
 DESCRIPTION = (
     "The PARS predictor service: scores prompts with a trained ranker (higher = longer expected answer). API: "
     "GET /, POST /score, /score_batch, /compare, /compare_batch; GET /health, /ready, /metrics. The model is "
-    "loaded once, at start-up. The same app runs under uvicorn's own CLI: `uvicorn "
-    "scripts.serve_predictor_score:app` from predictor_serving/."
+    "loaded at start-up; POST /admin/reload or SIGHUP loads a new one beside it and swaps it in without downtime. "
+    "The same app runs under uvicorn's own CLI: `uvicorn scripts.serve_predictor_score:app` from predictor_serving/."
 )
 
 

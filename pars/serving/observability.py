@@ -10,7 +10,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pars.common.watchdog import LoopMetrics
 
 ENDPOINTS = frozenset({"/", "/score", "/score_batch", "/compare", "/compare_batch", "/health", "/ready",
-                       "/metrics", "/docs", "/openapi.json"})
+                       "/metrics", "/docs", "/openapi.json", "/admin/reload"})
+RELOAD_OUTCOMES = ("ok", "failed", "busy")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -53,8 +54,14 @@ class Metrics:
         self.rounds = Counter("pars_batch_rounds_total", "rounds of the dynamic batcher, by whether the round held "
                               "a gathering window open (PREDICTOR_MAX_WAIT_MS on an idle model) or went at once",
                               ["gathering"], registry=r)
-        self.ranker = Info("pars_ranker", "the ranker's settings in use (model, pooling, truncation, max_length, "
-                           "dtype, backend, where its config came from)", registry=r)
+        self.ranker = Info("pars_ranker", "the ranker in use: its identity (ranker_id, a content hash), path, "
+                           "settings (model, pooling, truncation, max_length, dtype, backend) and where its config "
+                           "came from; replaced on a reload", registry=r)
+        self.reloads = Counter("pars_ranker_reloads_total", "ranker reloads (POST /admin/reload, SIGHUP) by outcome: "
+                               "ok (swapped in), failed (refused; the ranker in use kept serving), busy (another "
+                               "reload was in progress)", ["outcome"], registry=r)
+        for outcome in RELOAD_OUTCOMES:  # shown at 0 from the start, so a rate() sees the first one
+            self.reloads.labels(outcome)
         self.loop = LoopMetrics(r, "pars")
 
     def observe_forward(self, prompts: int, padded_tokens: int, real_tokens: int, seconds: float) -> None:

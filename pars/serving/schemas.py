@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
+
+from pars.model.ranker_config import RankerConfig
 
 
 class ScoreRequest(BaseModel):
@@ -65,16 +67,39 @@ class RankerSettings(BaseModel):
     loss: str | None = None
     config_source: str  # ranker_config.json's path, an older run's metrics.json, or none (original settings)
 
+    @classmethod
+    def of(cls, config: RankerConfig) -> RankerSettings:
+        data = {k: v for k, v in config.to_dict().items() if k not in ("format", "version")}
+        return cls(**data, config_source=config.source)
+
 
 class RootResponse(BaseModel):
     message: str
-    model_path: str
+    model_path: str  # the ranker in use (a reload may have changed it)
+    ranker_id: str  # its identity: a hash of its checkpoint's bytes and config (pars/serving/reload.py)
     model_name: str
     device: str
     dtype: str  # what forward passes compute in (PREDICTOR_DTYPE, or the device's default)
     backend: str
     batching: bool
     ranker: RankerSettings
+
+
+class ReloadRequest(BaseModel):
+    """POST /admin/reload's optional body; without one, the current path is re-read from disk."""
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt field must not silently reload the current path
+
+    model_path: str | None = Field(default=None, min_length=1)
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["reloaded"]
+    ranker_id: str
+    previous_ranker_id: str
+    model_path: str
+    ranker: RankerSettings
+    seconds: float  # loading, warming up and retiring the old ranker
 
 
 class HealthResponse(BaseModel):

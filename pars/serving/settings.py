@@ -93,12 +93,18 @@ class Settings(BaseSettings):
 
     # Security and scheduling.
     api_key: SecretStr | None = None  # set: every endpoint but /health and /ready needs `Authorization: Bearer <key>`
+    # POST /admin/reload (pars/serving/reload.py). None: on when api_key is set (behind the key), else off (403):
+    # a reload loads any checkpoint path the caller names, so without a key it is opened only on purpose.
+    admin_reload: bool | None = Field(default=None, description="on when PREDICTOR_API_KEY is set")
     # /score_batch's score priorities: round(score * priority_scale). Not the gateway's arrival-clock scale.
     priority_scale: float = Field(default=1000.0, gt=0)
 
     # Request bodies (pars/serving/limits.py): read in full before any endpoint runs.
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1)  # a larger body: HTTP 413, never read in full
     body_timeout_s: float = Field(default=30.0, gt=0)  # the whole body must arrive within this; else HTTP 408
+
+    def reload_endpoint_on(self) -> bool:
+        return self.api_key is not None if self.admin_reload is None else self.admin_reload
 
     def threads(self) -> int:
         return self.num_threads or max(1, physical_cores() - 1)
