@@ -10,7 +10,7 @@ import random
 import httpx
 import pytest
 
-from pars.gateway.body import parse_object, with_priority
+from pars.gateway.body import parse_object, with_members, with_priority
 from pars.gateway.deadline import K, ScoreDeadline, size_class
 from pars.gateway.health import RECENT, HealthTracker
 from pars.gateway.observability import GatewayMetrics
@@ -102,6 +102,14 @@ def test_body_with_priority_replaces_every_top_level_priority_only():
     raw = b'{"priority": 5, "x": {"priority": 1}, "priority" :\t9 }'
     assert with_priority(parse_object(raw), -3) == b'{"priority": -3, "x": {"priority": 1}, "priority" :\t-3 }'
     assert with_priority(parse_object(b" {} "), 4) == b' {"priority": 4} '
+
+
+def test_body_with_members_sets_several_and_keeps_the_rest():
+    raw = b'{"stream": true, "stream_options" : {"x": 1},"n":1}'
+    got = with_members(parse_object(raw), {"priority": "7", "stream_options": '{"x": 1, "include_usage": true}'})
+    assert got == b'{"priority": 7, "stream": true, "stream_options" : {"x": 1, "include_usage": true},"n":1}'
+    both = with_members(parse_object(b"{}"), {"priority": "1", "stream_options": "{}"})
+    assert both == b'{"priority": 1, "stream_options": {}}'
 
 
 @pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b'{"a": 1', b'{"a": 1} x', b'{"a" 1}', b"{,}", b"\xff{}", b""])

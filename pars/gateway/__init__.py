@@ -8,6 +8,10 @@ scorers   remote (/score_batch, batched) or in-process (the service's batcher) s
 deadline  how long a request waits for its score: the base timeout alone, longer in a burst
 health    /gateway/health's verdict: ok, or degraded with a reason
 proxy     forwarding a request upstream and relaying the answer, streams included
+usage     an answer's token counts and finish reason, read as it is relayed (JSON or SSE)
+outcome   what became of a request (RequestOutcome), handed to the recorder and the live quality
+record    recording finished requests as JSON lines (GATEWAY_RECORD_DIR), off the request path
+live_quality  Kendall's tau of recent scores against the answers' lengths, censoring handled
 observability  the gateway's Prometheus metrics
 app       the Starlette app factory and its lifespan
 cli       the command line (pars-gateway): uvicorn, and --help listing every setting

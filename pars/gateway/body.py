@@ -1,8 +1,9 @@
-"""Setting `priority` in a JSON request body while every other byte stays as the client sent it.
+"""Setting `priority` (and, when answers are read for their usage, `stream_options`) in a JSON request body
+while every other byte stays as the client sent it.
 
 Re-serializing the parsed body would change whitespace, key order of duplicates, number spellings
 (1.0e3, 1.00) and escapes; the upstream must see what the client sent. So the top-level members are
-located with the stdlib JSON scanner and only the `priority` member is written or replaced.
+located with the stdlib JSON scanner and only the members the gateway sets are written or replaced.
 """
 
 from __future__ import annotations
@@ -71,17 +72,24 @@ def _scan(text: str) -> ParsedBody | None:
 
 
 def with_priority(parsed: ParsedBody, priority: int) -> bytes:
-    """The body with top-level `priority` set: each existing top-level `priority` member's value
-    replaced (with duplicates, JSON parsers keep the last; all are replaced so none survives), or,
-    when there is none, `"priority": N` inserted as the first member."""
-    text, spans = parsed.text, [(s, e) for k, s, e in parsed.members if k == "priority"]
-    literal = str(int(priority))
-    if not spans:
-        sep = ", " if parsed.members else ""
-        at = parsed.open_brace + 1
-        return (text[:at] + f'"priority": {literal}{sep}' + text[at:]).encode("utf-8")
-    out, last = [], 0
-    for start, end in spans:
+    """The body with top-level `priority` set (with_members)."""
+    return with_members(parsed, {"priority": str(int(priority))})
+
+
+def with_members(parsed: ParsedBody, members: dict[str, str]) -> bytes:
+    """The body with these top-level members set, each to its JSON literal: every existing top-level member
+    of that key has its value replaced (with duplicates, JSON parsers keep the last; all are replaced so none
+    survives), or, when there is none, `"key": literal` is inserted before the first member, in the order
+    given. Every other byte stays as the client sent it."""
+    text = parsed.text
+    spans = sorted((s, e, members[k]) for k, s, e in parsed.members if k in members)
+    present = {k for k, _, _ in parsed.members}
+    inserted = "".join(f"{json.dumps(k)}: {v}, " for k, v in members.items() if k not in present)
+    if inserted and not parsed.members:
+        inserted = inserted[:-2]  # an empty object: no member follows
+    at = parsed.open_brace + 1
+    out, last = [text[:at], inserted], at
+    for start, end, literal in spans:
         out += [text[last:start], literal]
         last = end
     out.append(text[last:])

@@ -25,6 +25,13 @@ class GatewayMetrics:
                                        "alone, up to GATEWAY_PREDICTOR_TIMEOUT_MAX_MS in a burst)", registry=r)
         self.upstream_errors = Counter("pars_gateway_upstream_errors_total", "requests the upstream could not be "
                                        "reached for (answered 502)", registry=r)
+        self.ranker_changes = Counter("pars_gateway_ranker_changes_total", "times the predictor's ranker changed "
+                                      "(x-pars-ranker-id), each starting the quantile windows afresh", registry=r)
+        self.records_written = Counter("pars_gateway_records_written_total", "request records written to "
+                                       "GATEWAY_RECORD_DIR", registry=r)
+        self.records_dropped = Counter("pars_gateway_records_dropped_total", "request records lost: queue_full "
+                                       "(the writer fell behind) or write_error (the directory is full or "
+                                       "unwritable)", ["reason"], registry=r)
         self.loop = LoopMetrics(r, "pars_gateway")
 
     def fallback_count(self) -> int:
@@ -33,3 +40,17 @@ class GatewayMetrics:
     def fallbacks_by_reason(self) -> dict[str, int]:
         return {s.labels["reason"]: int(s.value) for m in self.fallbacks.collect() for s in m.samples
                 if s.name.endswith("_total")}
+
+    def records_dropped_by_reason(self) -> dict[str, int]:
+        return {s.labels["reason"]: int(s.value) for m in self.records_dropped.collect() for s in m.samples
+                if s.name.endswith("_total")}
+
+    def records_written_count(self) -> int:
+        return _total(self.records_written)
+
+    def ranker_change_count(self) -> int:
+        return _total(self.ranker_changes)
+
+
+def _total(counter: Counter) -> int:
+    return int(sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total")))

@@ -4,6 +4,12 @@ Both real scorers share forward passes between concurrent arrivals: the remote o
 GATEWAY_GATHER_MS into one /score_batch call; the in-process one hands them to the service's own
 DynamicBatcher. The caller bounds the wait (pars/gateway/deadline.py: GATEWAY_PREDICTOR_TIMEOUT_MS, longer
 in a burst) and falls back on any error.
+
+Ranker identity. Two rankers' scores are not on one scale, so the caller starts its quantile windows afresh
+when the ranker changes. A scorer says which ranker it is in `ranker_id` (a content hash; None: unknown):
+the remote one reads it from each /score_batch answer's x-pars-ranker-id header, and `score_tagged` gives
+each score with the id of the ranker that computed it, so a score from a ranker just replaced is never
+taken for one of its successor's.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ from pars.common.httpclient import pool_limits
 from pars.gateway.settings import GatewaySettings
 
 log = logging.getLogger("pars.gateway")
+
+
+RANKER_ID_HEADER = "x-pars-ranker-id"
 
 
 class Scorer(Protocol):
@@ -48,17 +57,25 @@ class RemoteScorer:
                                         limits=pool_limits(32, 32))
         self.gather_s = gather_s
         self.max_batch = max_batch
-        self._pending: list[tuple[str, asyncio.Future[float]]] = []
+        self._pending: list[tuple[str, asyncio.Future[tuple[float, str | None]]]] = []
         self._timer: asyncio.TimerHandle | None = None
         self._calls: set[asyncio.Task] = set()
         self.calls_made = 0  # /score_batch calls, for tests and the health answer
+        # The ranker of the answer to the latest-sent call answered so far: calls overlap, and an answer the
+        # old ranker computed may arrive after one from its successor; it must not bring the old id back.
+        self.ranker_id: str | None = None
+        self._ranker_call = 0
 
     async def start(self) -> None:
         pass
 
     async def score(self, text: str) -> float:
+        return (await self.score_tagged(text))[0]
+
+    async def score_tagged(self, text: str) -> tuple[float, str | None]:
+        """The score and the id of the ranker that computed it (its answer's x-pars-ranker-id)."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[float] = loop.create_future()
+        future: asyncio.Future[tuple[float, str | None]] = loop.create_future()
         self._pending.append((text, future))
         if len(self._pending) >= self.max_batch:
             self._flush()
@@ -79,8 +96,9 @@ class RemoteScorer:
             self._calls.add(task)
             task.add_done_callback(self._calls.discard)
 
-    async def _call(self, batch: list[tuple[str, asyncio.Future[float]]]) -> None:
+    async def _call(self, batch: list[tuple[str, asyncio.Future[tuple[float, str | None]]]]) -> None:
         self.calls_made += 1
+        number = self.calls_made
         try:
             response = await self.client.post("/score_batch", json={"prompts": [t for t, _ in batch]})
             response.raise_for_status()
@@ -92,10 +110,13 @@ class RemoteScorer:
                 if not future.done():
                     future.set_exception(exc)
             return
+        ranker_id = response.headers.get(RANKER_ID_HEADER)
+        if number >= self._ranker_call:
+            self.ranker_id, self._ranker_call = ranker_id, number
         for (_, future), value in zip(batch, scores, strict=True):
             if not future.done():
                 if isinstance(value, int | float) and not isinstance(value, bool):
-                    future.set_result(float(value))
+                    future.set_result((float(value), ranker_id))
                 else:
                     future.set_exception(ScorerError(f"/score_batch answered a non-number score: {value!r}"))
 
