@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="The service's PREDICTOR_API_KEY (default: that environment variable).")
     p.add_argument("--val-fraction", type=float, default=0.2,
                    help="The most recent share of the distinct prompts, held out to judge on.")
+    p.add_argument("--keep-censored", action="store_true",
+                   help="Keep answers cut at max_tokens (finish_reason length) at their recorded length: for traffic "
+                        "whose max_tokens is the intended length (benchmarks with ignore_eos); left out otherwise, "
+                        "their true length being unknown.")
     p.add_argument("--min-val-prompts", type=int, default=200,
                    help="Fewer held-out prompts than this: too few to judge, refused.")
     p.add_argument("--min-train-prompts", type=int, default=500,
@@ -60,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
 def build_dataset(args: argparse.Namespace, data_dir: Path) -> None:
     """Stage 1 from the records, split by time: val_data.json is the most recent traffic."""
     traces.main(["--records", *args.records, "--output-dir", str(data_dir), "--split", "time",
-                 "--val-fraction", str(args.val_fraction), "--seed", str(args.seed)])
+                 "--val-fraction", str(args.val_fraction), "--seed", str(args.seed),
+                 *(["--keep-censored"] if args.keep_censored else [])])
 
 
 def fine_tune(args: argparse.Namespace, data_dir: Path, out: Path) -> Path:
@@ -127,3 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cli() -> None:
     """The console script (pyproject.toml's [project.scripts])."""
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

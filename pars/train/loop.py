@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
+    """Checks the flags; fills the ranker's settings (--resume-from's own, else the original's) where unset."""
+    given = {key: getattr(args, key) for key in SCORE_SETTINGS}
+    config = for_training(args.resume_from, given, name=lambda key: "--" + key.replace("_", "-"))
+    vars(args).update({key: getattr(config, key) for key in SCORE_SETTINGS})
     for name in ("batch_size", "num_epochs", "max_length"):
         if getattr(args, name) < 1:
             raise PARSError(f"--{name.replace('_', '-')} must be >= 1")
@@ -281,9 +285,6 @@ def peak_rss_mib() -> float:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    given = {key: getattr(args, key) for key in SCORE_SETTINGS}
-    config = for_training(args.resume_from, given, name=lambda key: "--" + key.replace("_", "-"))
-    vars(args).update({key: getattr(config, key) for key in SCORE_SETTINGS})
     check_args(args)
     info, device = dist.setup(args.device)
     try:
