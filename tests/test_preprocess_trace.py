@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from datasets import Dataset
 
+from pars.common.prompts import CHAT, COMPLETIONS
 from pars.data import traces
 from pars.data.pairs import make_pairs
 from pars.data.preprocess import dataset_main
@@ -273,15 +274,19 @@ def test_the_trainer_trains_on_trace_output(tmp_path, tiny_model_dir):
     assert config["length_unit"] == "completion tokens of m1"
 
 
-@pytest.mark.parametrize("body", [
-    chat("hi"), {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                              {"role": "user", "content": [{"type": "text", "text": "c"}, {"text": "d"}]}]},
-    {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, {"messages": "x"}, {"messages": []},
-    {"prompt": "p"}, {"prompt": ["p", "q"]}, {"prompt": [1, 2]}, {"prompt": [[1]]}, {"prompt": []}, {},
+@pytest.mark.parametrize("path, body, want", [
+    (CHAT, chat("hi"), "hi"),
+    (CHAT, {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                         {"role": "user", "content": [{"type": "text", "text": "c"}, {"text": "d"}]}]}, "c\nd"),
+    (CHAT, {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, None),
+    (CHAT, {"messages": "x"}, None), (CHAT, {"messages": []}, None), (CHAT, {"prompt": "p"}, None),
+    (COMPLETIONS, {"prompt": "p"}, "p"), (COMPLETIONS, {"prompt": ["p", "q"]}, "p"),
+    (COMPLETIONS, {"prompt": [1, 2]}, None), (COMPLETIONS, {"prompt": [[1]]}, None),
+    (COMPLETIONS, {"prompt": []}, None), (COMPLETIONS, chat("hi"), None), ("/v1/embeddings", {"prompt": "p"}, None),
 ])
-@pytest.mark.parametrize("path", [gateway_prompts.CHAT, gateway_prompts.COMPLETIONS, "/v1/embeddings"])
-def test_prompt_text_is_the_gateways(path, body):
-    assert traces.prompt_text(path, body) == gateway_prompts.prompt_text(path, body)
+def test_the_prompt_trained_on_is_the_one_the_gateway_scores(path, body, want):
+    # one rule (pars/common/prompts.py) for both: the last user message of a chat, a completion's (first) prompt
+    assert traces.prompt_text(path, body) == gateway_prompts.prompt_text(path, body) == want
 
 
 def script(tmp_path, *args):

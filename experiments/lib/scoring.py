@@ -11,12 +11,7 @@ def cpu_scorer(encoder: str | None, checkpoint: str, max_length: int | None = No
     """A pars.model.scoring.PromptScorer of `checkpoint`; settings not given (None) as its ranker config says
     (else the original release's: bert-base-uncased, 128 tokens, head truncation, pooler output). A given one
     that contradicts the config is a PARSError."""
-    from pars.model.checkpoint import load_ranker
-    from pars.model.ranker import load_tokenizer
-    from pars.model.ranker_config import resolve
-    from pars.model.scoring import PromptScorer
+    from pars.model.scoring import PromptScorer  # here: the harness's other jobs never need torch
 
-    c = resolve(checkpoint, {"model_name": encoder, "max_length": max_length, "truncation": truncation,
-                             "pooling": pooling})
-    return PromptScorer(load_ranker(c.model_name, checkpoint, c.pooling), load_tokenizer(c.model_name),
-                        max_length=c.max_length, device="cpu", truncation=c.truncation)
+    return PromptScorer.from_checkpoint(checkpoint, "cpu", model_name=encoder, max_length=max_length,
+                                        truncation=truncation, pooling=pooling)

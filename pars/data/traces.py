@@ -27,43 +27,13 @@ from tqdm.auto import tqdm
 
 from pars.common.errors import PARSError
 from pars.common.jsonio import write_json_files_atomic
+from pars.common.prompts import CHAT, COMPLETIONS, prompt_text
 from pars.data.pairs import make_pairs, pair_file_name
 from pars.data.preprocess import add_split_pair_flags, check_split_pair_args
 from pars.data.readers import DATASET_INFO
 
 GATEWAY, BATCH, REQRESP = "gateway", "openai-batch", "request-response"
 FORMATS = (GATEWAY, BATCH, REQRESP)
-COMPLETIONS, CHAT = "/v1/completions", "/v1/chat/completions"
-
-
-# The prompt text as the gateway scores it: the same rule as pars/gateway/prompts.py, duplicated here because
-# pars.data may not import pars.gateway (tests/test_layout.py); tests/test_preprocess_trace.py checks that both
-# give the same text.
-def _content_text(content: Any) -> str | None:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # parts: only the text parts are read
-        texts = [p["text"] for p in content
-                 if isinstance(p, dict) and p.get("type", "text") == "text" and isinstance(p.get("text"), str)]
-        return "\n".join(texts) if texts else None
-    return None
-
-
-def prompt_text(path: str, body: dict[str, Any]) -> str | None:
-    """Completions: `prompt` (a list of strings: its first); chat: the last `user` message; else None."""
-    if path == COMPLETIONS:
-        prompt = body.get("prompt")
-        if isinstance(prompt, str):
-            return prompt
-        return prompt[0] if isinstance(prompt, list) and prompt and isinstance(prompt[0], str) else None
-    if path == CHAT:
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            return None
-        for message in reversed(messages):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return _content_text(message.get("content"))
-    return None
 
 
 @dataclass
