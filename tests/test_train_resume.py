@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -32,10 +33,13 @@ def test_killed_run_resumes_to_the_same_weights(tiny_model_dir, tiny_data, tmp_p
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     assert train.main(args_for(tiny_model_dir, tiny_data, whole)) == 0
 
-    # killed by SIGKILL after step 19 (epoch 2, mid-epoch); its last state is from step 16
+    # killed by SIGKILL after step 19 (epoch 2, mid-epoch); its last state is from step 16. With this process's
+    # thread count: float sums over another number of threads differ in the last bits (a server test earlier in
+    # the session may have set it, as the service does at start-up).
     proc = subprocess.run([sys.executable, str(ROOT / "predictor_train" / "scripts" / "train_pairwise_bert.py"),
                            *args_for(tiny_model_dir, tiny_data, broken, "--debug-kill-after-step", "19")],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     assert not (broken / "last_model.pt").exists() and not (broken / "metrics.json").exists()
     state = load_state(broken / STATE_FILE)  # weights_only=True

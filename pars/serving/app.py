@@ -204,7 +204,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # 500), and echoing a large body back helps no one.
         errors = jsonable_encoder([{k: v for k, v in e.items() if k != "input"} for e in exc.errors()])
         first = errors[0] if errors else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
+        # a body's keys are the client's: escape what would break the one-line message (a key "\n")
+        where = ".".join(str(p) for p in first.get("loc", ())).encode("unicode_escape").decode("ascii")
         message = f"invalid request: {where}: {first.get('msg', 'invalid')}" if first else "invalid request"
         return error_response(422, "invalid_request", message, detail=errors)
 
