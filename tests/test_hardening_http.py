@@ -175,3 +175,8 @@ def test_server_still_answers_correctly_afterwards(client, direct):
     assert body["scores"] == pytest.approx(direct.score(prompts), abs=1e-5)
     metrics = client.get("/metrics").text
     assert 'status="500"' not in metrics
+
+
+def test_a_body_key_with_a_newline_keeps_the_message_one_line(client):
+    body = error(client.post("/admin/reload", json={"model_path": "x", "\n": 1}), 422, "invalid_request")
+    assert "\n" not in body["message"] and "\\n" in body["message"]
