@@ -227,10 +227,59 @@ def run_client(args: argparse.Namespace, argv: list[str], result: Path, log: Pat
     return json.loads(result.read_text(encoding="utf-8"))
 
 
+def measure_rate(args: argparse.Namespace, vllm_url: str, model: str, dataset: Path, seed: int, mean_tokens: float,
+                 client_dir: Path, log_dir: Path) -> tuple[dict | None, float]:
+    """The capacity burst straight to vLLM and the request rate it sets (--load-factor x capacity), unless
+    --request-rate fixes the rate: (capacity record or None, rate)."""
+    capacity = None
+    rate = args.request_rate
+    if rate is None:
+        name = f"seed{seed}_capacity.json"
+        argv = client_argv(args.vllm_python, vllm_url, model, dataset, args.capacity_prompts, float("inf"), seed,
+                           client_dir, name, output_len=args.capacity_tokens)
+        res = run_client(args, argv, client_dir / name, log_dir / f"client_seed{seed}_capacity.log")
+        check_lengths(res, [args.capacity_tokens] * args.capacity_prompts, f"seed {seed} capacity burst")
+        capacity = {"result_file": str(client_dir / name), "prompts": args.capacity_prompts,
+                    "tokens_each": args.capacity_tokens, "seconds": res["duration"],
+                    "output_tokens_per_s": res["output_throughput"],
+                    "requests_per_s": res["output_throughput"] / mean_tokens}
+        rate = round(args.load_factor * capacity["requests_per_s"], 4)
+        print(f"seed {seed}: capacity {res['output_throughput']:.0f} tokens/s = {capacity['requests_per_s']:.3f} "
+              f"requests/s of this trace; rate {rate}/s", flush=True)
+    return capacity, rate
+
+
+def replay(args: argparse.Namespace, order: Sequence[str], urls: dict[str, str], model: str, dataset: Path,
+           n_prompts: int, expected: list[int], rate: float, seed: int, client_dir: Path, log_dir: Path,
+           cooldown_first: bool) -> dict[str, dict]:
+    """The trace replayed once per policy in `order` at `rate` by vLLM's client, each answer's length checked;
+    the record of each run."""
+    from experiments.vllm_e2e.client import gateway_health, new_fallbacks
+
+    runs = {}
+    for i, pol in enumerate(order):
+        if i or cooldown_first:
+            time.sleep(args.cooldown_s)
+        name = f"seed{seed}_{pol}.json"
+        argv = client_argv(args.vllm_python, urls[pol], model, dataset, n_prompts, rate, seed, client_dir, name)
+        h0 = gateway_health(urls[pol])
+        started = time.monotonic()
+        res = run_client(args, argv, client_dir / name, log_dir / f"client_seed{seed}_{pol}.log")
+        wall = time.monotonic() - started
+        h1 = gateway_health(urls[pol])
+        check_lengths(res, expected, f"seed {seed} {pol}")
+        runs[pol] = {"result_file": str(client_dir / name), "wall_s": round(wall, 1), "summary": summarize(res),
+                     "fallbacks": new_fallbacks(h0, h1), "argv": argv[3:]}
+        s = runs[pol]["summary"]
+        print(f"seed {seed} {pol}: e2el mean {s['e2el_mean_s']:.2f} s, p99 {s['e2el_p99_s']:.2f} s, TPOT mean "
+              f"{s['tpot_mean_ms']:.1f} ms ({res['duration']:.0f} s)", flush=True)
+    return runs
+
+
 def run_seed(args: argparse.Namespace, k: int, seed: int, urls: dict[str, str], model: str, rows: list[dict],
              tokenizer, client_dir: Path, log_dir: Path) -> dict:
     """Trace, warm-up, capacity and one run per policy for one seed; its record."""
-    from experiments.vllm_e2e.client import gateway_health, new_fallbacks, prime
+    from experiments.vllm_e2e.client import gateway_health, prime
     from experiments.vllm_e2e.policies import Policy
 
     trace, skipped = build_trace(rows, tokenizer, args.num_prompts, seed, args.max_tokens_cap, args.max_model_len)
@@ -243,39 +292,10 @@ def run_seed(args: argparse.Namespace, k: int, seed: int, urls: dict[str, str], 
     asyncio.run(prime([Policy("pars", urls["pars"], "gateway")], trace, model))
     fill_oracle_window(urls["oracle"], trace, model)
     filled = {n: gateway_health(urls[n])["scores_in_window"] - before[n] for n in before}
-    capacity = None
-    rate = args.request_rate
-    if rate is None:
-        name = f"seed{seed}_capacity.json"
-        argv = client_argv(args.vllm_python, urls["vllm"], model, dataset, args.capacity_prompts, float("inf"), seed,
-                           client_dir, name, output_len=args.capacity_tokens)
-        res = run_client(args, argv, client_dir / name, log_dir / f"client_seed{seed}_capacity.log")
-        check_lengths(res, [args.capacity_tokens] * args.capacity_prompts, f"seed {seed} capacity burst")
-        capacity = {"result_file": str(client_dir / name), "prompts": args.capacity_prompts,
-                    "tokens_each": args.capacity_tokens, "seconds": res["duration"],
-                    "output_tokens_per_s": res["output_throughput"],
-                    "requests_per_s": res["output_throughput"] / mean_tokens}
-        rate = round(args.load_factor * capacity["requests_per_s"], 4)
-        print(f"seed {seed}: capacity {res['output_throughput']:.0f} tokens/s = {capacity['requests_per_s']:.3f} "
-              f"requests/s of this trace; rate {rate}/s", flush=True)
+    capacity, rate = measure_rate(args, urls["vllm"], model, dataset, seed, mean_tokens, client_dir, log_dir)
     order = policy_order(k)
-    runs = {}
-    for i, pol in enumerate(order):
-        if i or capacity:
-            time.sleep(args.cooldown_s)
-        name = f"seed{seed}_{pol}.json"
-        argv = client_argv(args.vllm_python, urls[pol], model, dataset, len(trace), rate, seed, client_dir, name)
-        h0 = gateway_health(urls[pol])
-        started = time.monotonic()
-        res = run_client(args, argv, client_dir / name, log_dir / f"client_seed{seed}_{pol}.log")
-        wall = time.monotonic() - started
-        h1 = gateway_health(urls[pol])
-        check_lengths(res, expected, f"seed {seed} {pol}")
-        runs[pol] = {"result_file": str(client_dir / name), "wall_s": round(wall, 1), "summary": summarize(res),
-                     "fallbacks": new_fallbacks(h0, h1), "argv": argv[3:]}
-        s = runs[pol]["summary"]
-        print(f"seed {seed} {pol}: e2el mean {s['e2el_mean_s']:.2f} s, p99 {s['e2el_p99_s']:.2f} s, TPOT mean "
-              f"{s['tpot_mean_ms']:.1f} ms ({res['duration']:.0f} s)", flush=True)
+    runs = replay(args, order, urls, model, dataset, len(trace), expected, rate, seed, client_dir, log_dir,
+                  cooldown_first=capacity is not None)
     return {"seed": seed, "order": order, "rate": rate, "capacity": capacity, "dataset": str(dataset),
             "trace": {"n": len(trace), "skipped": skipped, "ids_sha": digest([r.id for r in trace]),
                       "output_tokens_mean": mean_tokens, "output_tokens_sum": int(sum(expected)),

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from experiments.lib.bench_client import check_lengths, client_argv, summarize, write_dataset
+from experiments.lib.bench_client import write_dataset
 from experiments.lib.stats import over_traces
 from experiments.lib.traces import Request, digest
 from experiments.loop_bench.servers import POLICIES
-from experiments.vllm_bench import METRICS, fill_oracle_window, policy_order, run_client
+from experiments.vllm_bench import METRICS, fill_oracle_window, measure_rate, policy_order, replay
 
 RATIOS = ("ratio_old_fcfs", "ratio_new_fcfs", "ratio_oracle_fcfs", "ratio_new_old", "recovery_old", "recovery_new")
 
@@ -53,7 +53,7 @@ def pool(per_seed: Sequence[dict]) -> dict[str, Any]:
 def run_seed(args: argparse.Namespace, k: int, seed: int, trace: list[Request], skipped: dict[str, int],
              urls: dict[str, str], model: str, client_dir: Path, log_dir: Path) -> dict[str, Any]:
     """Warm-up, capacity and one client run per policy for one seed's trace; its record."""
-    from experiments.vllm_e2e.client import gateway_health, new_fallbacks, prime
+    from experiments.vllm_e2e.client import gateway_health, prime
     from experiments.vllm_e2e.policies import Policy
 
     dataset = write_dataset(trace, client_dir / f"seed{seed}.jsonl")
@@ -68,39 +68,10 @@ def run_seed(args: argparse.Namespace, k: int, seed: int, trace: list[Request], 
     asyncio.run(prime([Policy(n, urls[n], "gateway") for n in ("pars-old", "pars-new")], trace, model))
     fill_oracle_window(urls["oracle"], trace, model)
     filled = {n: gateway_health(urls[n])["scores_in_window"] - before[n] for n in scored}
-    capacity = None
-    rate = args.request_rate
-    if rate is None:
-        name = f"seed{seed}_capacity.json"
-        argv = client_argv(args.vllm_python, urls["vllm"], model, dataset, args.capacity_prompts, float("inf"), seed,
-                           client_dir, name, output_len=args.capacity_tokens)
-        res = run_client(args, argv, client_dir / name, log_dir / f"client_seed{seed}_capacity.log")
-        check_lengths(res, [args.capacity_tokens] * args.capacity_prompts, f"seed {seed} capacity burst")
-        capacity = {"result_file": str(client_dir / name), "prompts": args.capacity_prompts,
-                    "tokens_each": args.capacity_tokens, "seconds": res["duration"],
-                    "output_tokens_per_s": res["output_throughput"],
-                    "requests_per_s": res["output_throughput"] / mean_tokens}
-        rate = round(args.load_factor * capacity["requests_per_s"], 4)
-        print(f"seed {seed}: capacity {res['output_throughput']:.0f} tokens/s = {capacity['requests_per_s']:.3f} "
-              f"requests/s of this trace; rate {rate}/s", flush=True)
+    capacity, rate = measure_rate(args, urls["vllm"], model, dataset, seed, mean_tokens, client_dir, log_dir)
     order = order_for(k)
-    runs = {}
-    for i, pol in enumerate(order):
-        if i or capacity:
-            time.sleep(args.cooldown_s)
-        name = f"seed{seed}_{pol}.json"
-        argv = client_argv(args.vllm_python, urls[pol], model, dataset, len(trace), rate, seed, client_dir, name)
-        h0 = gateway_health(urls[pol])
-        t0 = time.monotonic()
-        res = run_client(args, argv, client_dir / name, log_dir / f"client_seed{seed}_{pol}.log")
-        wall = time.monotonic() - t0
-        h1 = gateway_health(urls[pol])
-        check_lengths(res, expected, f"seed {seed} {pol}")
-        runs[pol] = {"result_file": str(client_dir / name), "wall_s": round(wall, 1), "summary": summarize(res),
-                     "fallbacks": new_fallbacks(h0, h1), "argv": argv[3:]}
-        s = runs[pol]["summary"]
-        print(f"seed {seed} {pol}: e2el mean {s['e2el_mean_s']:.2f} s, p99 {s['e2el_p99_s']:.2f} s, TPOT mean "
-              f"{s['tpot_mean_ms']:.1f} ms ({res['duration']:.0f} s)", flush=True)
+    runs = replay(args, order, urls, model, dataset, len(trace), expected, rate, seed, client_dir, log_dir,
+                  cooldown_first=capacity is not None)
     return {"seed": seed, "order": order, "rate": rate, "capacity": capacity, "dataset": str(dataset),
             "started_at_unix": started_at,
             "trace": {"n": len(trace), "skipped": skipped, "ids_sha": digest([r.id for r in trace]),
