@@ -403,7 +403,7 @@ def test_servers_a_reloadable_and_recording_b_never_reloaded(monkeypatch, tmp_pa
     monkeypatch.setattr(servers, "wait_up", lambda *a, **k: None)
     args = argparse.Namespace(ranker_path=checkpoint, ranker_name=None, fairness_window_s=10.0, model_dir="/m",
                               kvcache_gib=2, vllm_python="py", max_num_seqs=8, max_model_len=2048,
-                              predictor_timeout_ms=200.0, startup_timeout_s=1)
+                              predictor_timeout_ms=200.0, startup_timeout_s=1, num_prompts=70)
     urls = servers.start_servers(args, Recorder(), tmp_path / "rec", tmp_path / "rec_old")
     a, b = started["predictor"][1], started["predictor-old"][1]
     assert a["PREDICTOR_ADMIN_RELOAD"] == "true" and b["PREDICTOR_ADMIN_RELOAD"] == "false"
@@ -415,6 +415,9 @@ def test_servers_a_reloadable_and_recording_b_never_reloaded(monkeypatch, tmp_pa
     assert old["GATEWAY_PREDICTOR_URL"].endswith(port["predictor-old"]) and old["GATEWAY_RECORD_DIR"] == str(
         tmp_path / "rec_old")
     assert new["GATEWAY_FAIRNESS_WINDOW_S"] == old["GATEWAY_FAIRNESS_WINDOW_S"] == "10.0"
+    # every scored arm's quantile window holds one latency trace, which the phase primes alike
+    assert new["GATEWAY_QUANTILE_WINDOW"] == old["GATEWAY_QUANTILE_WINDOW"] == \
+        started["oracle-gw"][1]["GATEWAY_QUANTILE_WINDOW"] == "70"
     assert started["fcfs-gw"][1]["GATEWAY_SCORER"] == "none" and started["oracle-gw"][1]["GATEWAY_SCORER"] == \
         "max_tokens" and "GATEWAY_RECORD_DIR" not in started["oracle-gw"][1]
     assert not any(n.startswith("predictor") for n in started if n not in ("predictor", "predictor-old"))

@@ -67,7 +67,8 @@ def run_seed(args: argparse.Namespace, k: int, seed: int, trace: list[Request], 
     # Each prompt once through both pars gateways (1 token): both rankers' windows warm, vLLM's prefix cache too
     asyncio.run(prime([Policy(n, urls[n], "gateway") for n in ("pars-old", "pars-new")], trace, model))
     fill_oracle_window(urls["oracle"], trace, model)
-    filled = {n: gateway_health(urls[n])["scores_in_window"] - before[n] for n in scored}
+    # The windows hold one trace (GATEWAY_QUANTILE_WINDOW = --num-prompts): full of exactly its scores now.
+    filled = {n: {"before": before[n], "after": gateway_health(urls[n])["scores_in_window"]} for n in scored}
     capacity, rate = measure_rate(args, urls["vllm"], model, dataset, seed, mean_tokens, client_dir, log_dir)
     order = order_for(k)
     runs = replay(args, order, urls, model, dataset, len(trace), expected, rate, seed, client_dir, log_dir,

@@ -52,12 +52,17 @@ def start_servers(args: argparse.Namespace, servers: Servers, records_dir: Path,
                              ROOT / "predictor_serving")
         predictors[name] = (proc, f"http://127.0.0.1:{port}")
     w = str(args.fairness_window_s)
-    pars_env = {"GATEWAY_SCORER": "remote", "GATEWAY_FAIRNESS_WINDOW_S": w}
+    # The quantile window holds one latency trace: the phase primes each trace's prompts once through both pars
+    # gateways (and the oracle's), so each arm places its scores among exactly that trace's (the first run had
+    # pars-new's window full of 1,000 recorded requests and pars-old's of its warm-up only: arms unlike).
+    q = str(args.num_prompts)
+    pars_env = {"GATEWAY_SCORER": "remote", "GATEWAY_FAIRNESS_WINDOW_S": w, "GATEWAY_QUANTILE_WINDOW": q}
     extra = [("pars-new-gw", {**pars_env, "GATEWAY_PREDICTOR_URL": predictors["predictor"][1],
                               "GATEWAY_RECORD_DIR": str(records_dir)}),
              ("pars-old-gw", {**pars_env, "GATEWAY_PREDICTOR_URL": predictors["predictor-old"][1],
                               "GATEWAY_RECORD_DIR": str(records_old_dir)}),
-             ("oracle-gw", {"GATEWAY_SCORER": "max_tokens", "GATEWAY_FAIRNESS_WINDOW_S": w})]
+             ("oracle-gw", {"GATEWAY_SCORER": "max_tokens", "GATEWAY_FAIRNESS_WINDOW_S": w,
+                            "GATEWAY_QUANTILE_WINDOW": q})]
     # No ranker through start_all: it starts vLLM, the fcfs gateway and the three above, with its shared
     # gateway settings (the upstream, the predictor timeout); the predictors are this tool's own.
     ns = argparse.Namespace(
