@@ -26,10 +26,11 @@ Phases:
   4 latency  per --seeds seed a trace of --num-prompts later turns that no other phase sent, replayed with
              vLLM's own benchmark client as experiments.vllm_bench does (quantile windows of one trace,
              filled with its prompts in every scored arm alike; capacity measured, rate = --load-factor x
-             capacity, Poisson arrivals from the seed, the same for every policy, the order rotated per seed) through fcfs, pars-old (B: before), pars-new (A: after) and
-             oracle; per seed and pooled (t 95 % over traces): mean latency of each, pars-old/fcfs,
-             pars-new/fcfs, oracle/fcfs, pars-new/pars-old, recovery (fcfs - pars)/(fcfs - oracle) for old and
-             new; and both rankers' tau on the trace from their gateways' records (paired by prompt)
+             capacity, Poisson arrivals from the seed, the same for every policy, the order rotated per seed)
+             through fcfs, pars-old (B: before), pars-new (A: after) and oracle; per seed and pooled (t 95 %
+             over traces): mean latency of each, pars-old/fcfs, pars-new/fcfs, oracle/fcfs, pars-new/pars-old,
+             recovery (fcfs - pars)/(fcfs - oracle) for old and new; and both rankers' tau on the trace from
+             their gateways' records (paired by prompt)
 
 Written: --out (JSON; default experiments/runs/<UTC date>_loop_bench/loop_bench.json), the .md and .png beside
 it, <stem>_retrain_stdout.txt and <stem>_decision.json (the cycle's), <stem>_client/ (the client's datasets and
