@@ -92,20 +92,27 @@ class PromptScorer:
         return scorer
 
     def set_dtype(self, dtype: torch.dtype) -> None:
-        """Score in `dtype`. On CUDA the weights are cast. On CPU only bfloat16 is offered, as autocast:
-        weights, layer norms and softmax stay float32 and the matmuls run in bfloat16, which made batches
-        2.7x faster on a CPU with AMX (benchmarks/results/backend_bench_bf16_cpu.json). Casting the weights
-        instead makes every op bfloat16, and was 13x slower here (backend_bench_dtype_cpu.json). Scores
-        return as float32."""
-        if dtype == torch.float32:
-            self.dtype = dtype
+        """Score in `dtype`, once per scorer (float32 is the loaded state). On CUDA the weights are cast. On CPU
+        only bfloat16 is offered, as autocast: layer norms, softmax and embeddings stay float32 and the matmuls
+        run in bfloat16, which made batches 2.7x faster on a CPU with AMX
+        (benchmarks/results/backend_bench_bf16_cpu.json). Casting every weight instead makes every op bfloat16,
+        and was 13x slower here (backend_bench_dtype_cpu.json). The linear layers' weights are cast once here,
+        to what autocast would cast them to on every pass (the same scores): that per-pass cast of the whole
+        encoder was most of a lone prompt's pass (17 ms of which 7.5 here, MiniLM). Scores return as float32."""
+        if dtype == self.dtype:
             return
+        if self.dtype != torch.float32 or dtype == torch.float32:
+            raise PARSError(f"a scorer's precision is set once; this one already scores in {self.dtype} "
+                            "(load the ranker again for another)")
         if not isinstance(self.model, torch.nn.Module):
             raise PARSError(f"{dtype} scoring needs the torch backend")
         if self.device.type == "cuda":
             self.model.to(dtype)
         elif self.device.type == "cpu" and dtype == torch.bfloat16:
             self.autocast_dtype = dtype
+            for module in self.model.modules():
+                if isinstance(module, torch.nn.Linear):
+                    module.to(dtype)
         else:
             raise PARSError(f"{str(dtype).removeprefix('torch.')} scoring needs a CUDA device (this one is "
                             f"{self.device}); on CPU use float32 or bfloat16")
