@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import inspect
 import json
 import os
@@ -16,6 +17,16 @@ from transformers import BertConfig, BertModel, BertTokenizerFast
 # process and as subprocesses) score in float32; the device default (bfloat16 on CPUs with AMX) has tests of its
 # own, which unset this (tests/test_ranker_config.py).
 os.environ["PREDICTOR_DTYPE"] = "float32"
+
+
+
+@pytest.fixture(autouse=True)
+def _unfreeze_gc():
+    """A service started in this process freezes the collector's long-lived objects once ready
+    (pars/serving/memory.py); a test session starts many, so each test leaves the collector as it found it."""
+    yield
+    gc.unfreeze()
+
 
 WORDS = (
     "write explain list summarize a an the short long essay story poem code python function "

@@ -184,6 +184,22 @@ def test_reload_swaps_the_scores_and_the_identity(tiny_model_dir, checkpoint, co
         assert httpx.get(url + "/ready").json()["status"] == "ready"
 
 
+def test_the_service_freezes_long_lived_objects_when_ready_and_after_each_reload(tiny_model_dir, checkpoint, other,
+                                                                                monkeypatch):
+    import pars.serving.app as service_app
+    import pars.serving.reload as reload_module
+
+    calls = []
+    monkeypatch.setattr(service_app, "freeze_long_lived", lambda: calls.append("ready"))
+    monkeypatch.setattr(reload_module, "freeze_long_lived", lambda: calls.append("ranker"))
+    with serving(settings_for(tiny_model_dir, checkpoint)) as url:
+        assert calls == ["ranker", "ready"]  # the ranker in use, then what the warm-up made
+        assert reload(url, other).status_code == 200
+        assert calls == ["ranker", "ready", "ranker"]
+        assert reload(url, Path("/nonexistent/best_model.pt")).status_code != 200
+        assert calls == ["ranker", "ready", "ranker"]  # a refused ranker is never frozen
+
+
 @pytest.mark.parametrize("bad, reason", [("garbage", "corrupt"), ("missing", "checkpoint not found"),
                                          ("unfit", "does not fit this model"), ("text", "corrupt or truncated"),
                                          ("long", "File name too long")])

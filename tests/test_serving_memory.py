@@ -1,8 +1,10 @@
-"""Heap trimming of the CPU server (pars/serving/memory.py): rate-limited, off the request's path."""
+"""Memory of the CPU server (pars/serving/memory.py): heap trimming rate-limited and off the request's path; the
+objects alive once the service is ready frozen out of the collector's full passes."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 
 import pytest
@@ -11,6 +13,15 @@ from pars.serving import memory
 from pars.serving.engine import InferenceEngine
 from pars.serving.memory import HeapTrimmer
 from pars.serving.observability import Metrics
+
+
+def test_freezing_moves_the_live_objects_out_of_collections():
+    gc.unfreeze()
+    keep = [[i] for i in range(1000)]  # tracked containers alive now
+    frozen = memory.freeze_long_lived()
+    assert frozen >= len(keep) and gc.get_freeze_count() == frozen
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
 
 
 def test_glibc_malloc_trim_is_found_here():

@@ -40,6 +40,7 @@ from pars.gateway.proxy import forward, has_body
 from pars.gateway.record import Recorder
 from pars.gateway.scorers import RemoteScorer, make_scorer
 from pars.gateway.settings import GatewaySettings
+from pars.serving.memory import freeze_long_lived
 
 log = logging.getLogger("pars.gateway")
 
@@ -95,6 +96,7 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
                                                      metrics)
             recorder.start()
             outcomes.add(recorder.submit)
+        freeze_long_lived()  # what start-up made (a local scorer's ranker above all): out of full collections
         watchdog = StallWatchdog(s.stall_dump_s, metrics.loop, "PARS gateway")
         watchdog.start()
         try:

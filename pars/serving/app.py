@@ -34,6 +34,7 @@ from pars.common.text import replace_surrogates, scoreable
 from pars.common.watchdog import StallWatchdog
 from pars.serving.batcher import QueueFullError, ShuttingDownError
 from pars.serving.limits import BodyLimits
+from pars.serving.memory import freeze_long_lived
 from pars.serving.observability import Metrics, RequestMetrics
 from pars.serving.reload import RANKER_ID_HEADER, Generation, RankerHolder, ReloadError
 from pars.serving.schemas import (
@@ -167,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     log.exception("warm-up failed")
                     app.state.status, app.state.status_message = "failed", f"warm-up failed: {exc}"
                     return
+            freeze_long_lived()
             app.state.status, app.state.status_message = "ready", "model loaded and warmed up"
             metrics.ready.set(1)
 

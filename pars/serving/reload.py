@@ -36,6 +36,7 @@ from pars.model.ranker_config import RankerConfig
 from pars.model.scoring import PromptScorer
 from pars.serving.batcher import DynamicBatcher, PerRequestRunner, build_runner
 from pars.serving.engine import InferenceEngine, load_scorer
+from pars.serving.memory import freeze_long_lived
 from pars.serving.observability import Metrics
 from pars.serving.settings import Settings
 
@@ -331,5 +332,6 @@ class RankerHolder:
                                   "model_path": gen.model_path})
         # Each engine sets the gauge when built; the new one was built before the swap, so set it for the one in use.
         self.metrics.forward_overhead_tokens.set(gen.engine.overhead_tokens)
+        freeze_long_lived()  # the new ranker's objects, out of the collector's full passes
         if self.on_swap is not None:
             self.on_swap(gen)
