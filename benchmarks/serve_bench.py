@@ -496,7 +496,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--soak-requests", type=int, default=0, help="/score requests of the soak run (0: none)")
     p.add_argument("--soak-concurrency", type=int, default=32)
     p.add_argument("--soak-max-seconds", type=float, default=240.0)
-    p.add_argument("--inprocess-repeats", type=int, default=2)
+    p.add_argument("--inprocess-repeats", type=int, default=2, help="timed in-process passes per backend (best "
+                   "taken; at least 1: that limit also picks the judged server)")
     p.add_argument("--inprocess-single", type=int, default=200, help="prompts for the in-process batch-1 figure")
     p.add_argument("--paired-repeats", type=int, default=5,
                    help="rounds of (in-process pass, /score at 32 and at 8 clients) on the judged server, whose "
@@ -506,6 +507,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
+    if args.inprocess_repeats < 1:
+        p.error("--inprocess-repeats must be at least 1 (the in-process limit picks the judged server)")
     args.endpoints = [x.strip() for x in args.endpoints.split(",") if x.strip()]
     unknown = [e for e in args.endpoints if e not in ("/score", "/score_batch")]
     if unknown:

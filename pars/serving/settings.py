@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     num_threads: int | None = Field(default=None, ge=1, le=1024, description="physical cores - 1 (at least 1)")
     # Forward passes that may run at once, each on its own thread with num_threads / workers intra-op threads.
     # Small passes use several threads poorly, but a long prompt's pass on fewer threads takes longer: here
-    # 2 workers gave 4-7 % more prompts/s and a worse p99 at 8 clients (docs/serving-measurements.md).
+    # 2 workers gave 25 % more prompts/s and a worse p99 at 8 clients (docs/serving-measurements.md).
     inference_workers: int = Field(default=1, ge=1, le=64)
     warmup: bool = True  # a few forward passes before /ready turns 200
 
