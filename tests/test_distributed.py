@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_train_fast import no_dropout_copy
 
 from pars.model.checkpoint import read_state_dict
@@ -50,14 +51,17 @@ def test_two_process_gloo_run_matches_one_process(tiny_model_dir, tiny_data, tmp
     assert max((want[k] - got[k]).abs().max().item() for k in want if k != "fc.bias") < 1e-4
 
 
-def test_two_process_in_batch_run_under_bf16_autocast(tiny_model_dir, tiny_data, tmp_path):
+@pytest.mark.parametrize("loss", ["margin", "listmle", "classification"])
+def test_two_process_in_batch_run_under_bf16_autocast(tiny_model_dir, tiny_data, tmp_path, loss):
     """The default on CPUs with AMX (bf16 autocast) under torchrun, with in-batch pairs gathered across the
-    ranks: one set of outputs, and the same loss as one process up to bf16 rounding."""
+    ranks: one set of outputs, and the same loss as one process up to bf16 rounding. ListMLE and the
+    classification loss are taken over the gathered batch too (the latter gathers the head's rows)."""
     model_dir = no_dropout_copy(tiny_model_dir, tmp_path / "model")
     common = ["--train-file", str(tiny_data / "train_pairs_length_diff_0.2.json"),
               "--val-file", str(tiny_data / "val_pairs_length_diff_0.2.json"), "--model-name", str(model_dir),
               "--pairing", "in-batch", "--batch-size", "16", "--num-epochs", "1", "--max-steps", "3",
-              "--learning-rate", "1e-3", "--device", "cpu", "--mixed-precision", "bf16"]
+              "--learning-rate", "1e-3", "--device", "cpu", "--mixed-precision", "bf16", "--loss", loss,
+              "--num-buckets", "3"]
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                            str(ROOT / "predictor_train" / "scripts" / "train_pairwise_bert.py"), *common,
                            "--output-dir", str(tmp_path / "ddp")],
@@ -68,4 +72,5 @@ def test_two_process_in_batch_run_under_bf16_autocast(tiny_model_dir, tiny_data,
     assert metrics["world_size"] == 2 and metrics["mixed_precision"] == "bf16" and metrics["steps"] == 3
     assert train.main([*common, "--output-dir", str(tmp_path / "one")]) == 0
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert metrics["loss"] == loss
     assert abs(one["history"][0]["train_loss"] - metrics["history"][0]["train_loss"]) < 0.005

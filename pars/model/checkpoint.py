@@ -161,6 +161,12 @@ def load_exported(path: str | os.PathLike[str]) -> PairwiseRanker:
     return ranker
 
 
+def head_outputs(state: dict[str, torch.Tensor] | None) -> int:
+    """The outputs of a checkpoint's head: 1 (a score), or one per length bucket (--loss classification)."""
+    weight = state.get("fc.weight") if state is not None else None
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else 1
+
+
 def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = None,
                 pooling: str = "pooler") -> PairwiseRanker:
     """The encoder of `model_name`, with a checkpoint's weights on top when one is given.
@@ -179,7 +185,7 @@ def load_ranker(model_name: str, checkpoint: str | os.PathLike[str] | None = Non
                             f"asked for (PREDICTOR_POOLING / --pooling {own}, or leave it to its ranker_config.json)")
         return load_exported(exported)
     state = read_state_dict(checkpoint) if checkpoint is not None else None  # fail fast on a bad file
-    model = PairwiseRanker.from_pretrained(model_name, pooling)
+    model = PairwiseRanker.from_pretrained(model_name, pooling, head_outputs(state))
     if state is not None:
         load_state_dict_into(model, state, str(checkpoint))
     return model

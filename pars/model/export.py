@@ -124,6 +124,10 @@ def export(checkpoint: str, out: Path, config: RankerConfig) -> str:
         # an earlier export of the other layout left there would be loaded instead, or mixed in
         raise PARSError(f"--output-dir {out} exists and is not empty; give a new directory")
     ranker = load_ranker(config.model_name, checkpoint, config.pooling)
+    if ranker.num_classes != 1:
+        raise PARSError(f"a classification ranker ({ranker.num_classes} length buckets) scores the expected bucket "
+                        "under the softmax of its head, which no standard class computes; serve the checkpoint "
+                        "itself with the pars service (pars-serve)")
     tokenizer = load_tokenizer(config.model_name)
     tokenizer.model_max_length = config.max_length  # the plain `truncation=True` call then cuts as the ranker
     if config.pooling == "pooler":

@@ -27,20 +27,32 @@ def check_pooling(pooling: str) -> str:
     return pooling
 
 
+def expected_bucket(logits: torch.Tensor) -> torch.Tensor:
+    """A classification ranker's score: sum_k softmax(logits)_k * k, in [0, K - 1]. Monotone in what the head
+    believes about the length, and smooth, so near-ties still order."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    return probs @ torch.arange(logits.shape[-1], dtype=probs.dtype, device=probs.device)
+
+
 class PairwiseRanker(nn.Module):
     """score(prompt) = fc(pooled encoder output): the pooler output (CLS hidden state when there is no
-    pooler) by default, or the masked mean of the token states with pooling="mean"."""
+    pooler) by default, or the masked mean of the token states with pooling="mean". A head of
+    `num_classes` > 1 outputs (--loss classification: one per length bucket) scores the expected bucket."""
 
-    def __init__(self, encoder: PreTrainedModel, pooling: str = "pooler") -> None:
+    def __init__(self, encoder: PreTrainedModel, pooling: str = "pooler", num_classes: int = 1) -> None:
         super().__init__()
         self.encoder = encoder
-        self.fc = nn.Linear(encoder.config.hidden_size, 1)
+        self.fc = nn.Linear(encoder.config.hidden_size, num_classes)
         self.pooling = check_pooling(pooling)
 
     @classmethod
-    def from_pretrained(cls, model_name: str, pooling: str = "pooler") -> PairwiseRanker:
+    def from_pretrained(cls, model_name: str, pooling: str = "pooler", num_classes: int = 1) -> PairwiseRanker:
         """Encoder weights from a hub id, a local directory or the offline alias; fc fresh."""
-        return cls(load_pretrained(AutoModel, model_name, what="encoder"), pooling)
+        return cls(load_pretrained(AutoModel, model_name, what="encoder"), pooling, num_classes)
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask)
@@ -53,8 +65,13 @@ class PairwiseRanker(nn.Module):
             return pooled
         return outputs.last_hidden_state[:, 0]
 
+    def head(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """fc's outputs, (batch, num_classes): what the classification loss trains."""
+        return self.fc(self.encode(input_ids, attention_mask))
+
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.encode(input_ids, attention_mask)).squeeze(-1)
+        out = self.head(input_ids, attention_mask)
+        return out.squeeze(-1) if out.shape[-1] == 1 else expected_bucket(out)
 
     def forward(
         self,

@@ -96,15 +96,16 @@ def broadcast_object(obj: Any) -> Any:
 
 
 def gather_with_grad(local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    """Concatenate every rank's 1-D `local` (rank order) keeping the autograd graph: the backward pass sums
-    each rank's gradient into its own shard, so a loss computed identically on every rank over the gathered
-    tensor gives, after DDP's gradient averaging, exactly the single-process gradient.
+    """Concatenate every rank's `local` along its first dimension (rank order) keeping the autograd graph: the
+    backward pass sums each rank's gradient into its own shard, so a loss computed identically on every rank
+    over the gathered tensor gives, after DDP's gradient averaging, exactly the single-process gradient.
     `sizes[r]` is rank r's length (shards may differ by one; they are padded for the collective)."""
     if not dist.is_initialized():
         return local
     from torch.distributed.nn.functional import all_gather
 
     width = max(sizes)
-    padded = torch.cat([local, local.new_zeros(width - local.numel())]) if local.numel() < width else local
+    short = width - len(local)  # along the first dimension (scores, or a classification head's rows)
+    padded = torch.cat([local, local.new_zeros((short, *local.shape[1:]))]) if short > 0 else local
     parts = all_gather(padded)
     return torch.cat([part[:n] for part, n in zip(parts, sizes, strict=True)])

@@ -29,185 +29,39 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from pars.common.errors import PARSError, run_cli
-from pars.common.hub import OFFLINE_ENCODER
 from pars.common.jsonio import read_json, write_json_atomic
 from pars.data.pairs import check_threshold
 from pars.data.readers import length_unit_beside, load_pairs, load_rows, subsample
 from pars.eval.rank_metrics import kendall_tau, length_cap, length_weighted_tau, pairwise_accuracy
 from pars.model import precision
-from pars.model.checkpoint import load_state_dict_into, read_state_dict, save_checkpoint
-from pars.model.ranker import POOLINGS, PairwiseRanker, load_tokenizer
-from pars.model.ranker_config import SCORE_SETTINGS, RankerConfig, for_training
+from pars.model.checkpoint import head_outputs, load_state_dict_into, read_state_dict, save_checkpoint
+from pars.model.ranker import PairwiseRanker, load_tokenizer
+from pars.model.ranker_config import RankerConfig
 from pars.model.scoring import PromptScorer
-from pars.model.truncation import TRUNCATIONS
 from pars.train import distributed as dist
+
+# the flags live in pars/train/args.py; these names stay importable from here, as before
+from pars.train.args import (  # noqa: F401
+    DEFAULT_PROMPT_GROUP_SIZE,
+    PAIR_WEIGHTINGS,
+    SELECT_BY,
+    build_parser,
+    check_args,
+)
 from pars.train.batches import EpochBatches, FixedBatches
 from pars.train.curves import plot_training_curves
-from pars.train.losses import in_batch_pairs, pair_weights, weighted_margin_loss
+from pars.train.losses import (
+    bucket_edges,
+    classification_loss,
+    in_batch_pairs,
+    listmle_loss,
+    log_length_stats,
+    pair_weights,
+    pointwise_loss,
+    weighted_margin_loss,
+)
 from pars.train.pairdata import FastPairCollator, FastRowCollator, ListDataset, PairCollator, PairIndex, RowIndex
 from pars.train.state import STATE_FILE, capture_rng, check_signature, load_state, restore_rng, save_state
-
-PAIR_WEIGHTINGS = ("none", "length-diff")
-SELECT_BY = ("val_accuracy", "val_kendall_tau", "val_length_weighted_tau")
-
-DEFAULT_PROMPT_GROUP_SIZE = 2
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=(
-            "Train a BERT-family pairwise ranker on pair files from data_preprocess/: "
-            "score = Linear(pooler output), MarginRankingLoss on (score_A, score_B, 2*label-1). "
-            "Writes best_model.pt (best val accuracy), last_model.pt and metrics.json. "
-            "Runs as is under `torchrun --nproc_per_node=N` (DistributedDataParallel)."
-        ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--train-file", required=True, help="Train pairs JSON (train_pairs_length_diff_<t>.json).")
-    p.add_argument("--val-file", required=True, help="Val pairs JSON (val_pairs_length_diff_<t>.json).")
-    p.add_argument("--output-dir", required=True, help="Directory for checkpoints and metrics.json.")
-    p.add_argument(
-        "--model-name", default=None,
-        help=f"Encoder: hub id, local directory, or '{OFFLINE_ENCODER}' for the offline all-MiniLM-L6-v2. "
-             "Default, as for the next three: the --resume-from ranker's own (its ranker_config.json), else "
-             "the original release's (bert-base-uncased, 128, head, pooler).",
-    )
-    p.add_argument("--max-length", type=int, default=None, help="Tokens per prompt (longer ones are truncated).")
-    p.add_argument("--truncation", choices=TRUNCATIONS, default=None,
-                   help="How a prompt over --max-length is cut: head keeps its first tokens (the original "
-                        "release); middle keeps its first and last halves, so an instruction after long "
-                        "material is seen. Serve the ranker with the same (PREDICTOR_TRUNCATION).")
-    p.add_argument("--pooling", choices=POOLINGS, default=None,
-                   help="What fc reads: pooler is the encoder's pooler output (CLS when it has none; the "
-                        "original release); mean is the mean of the prompt's token states, which "
-                        "sentence-transformers encoders were trained to pool. Serve the ranker with the "
-                        "same (PREDICTOR_POOLING).")
-    p.add_argument("--batch-size", type=int, default=128,
-                   help="Pairs per optimizer step (rows with --pairing in-batch), over all ranks together.")
-    p.add_argument("--num-epochs", type=int, default=3, help="Passes over the train pairs.")
-    p.add_argument("--learning-rate", type=float, default=2e-5, help="AdamW peak learning rate.")
-    p.add_argument("--margin", type=float, default=1.0, help="MarginRankingLoss margin.")
-    p.add_argument("--warmup-ratio", type=float, default=0.1, help="Share of steps with linear warm-up.")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay.")
-    p.add_argument("--optim", choices=("adamw_torch_fused", "adamw_torch"), default="adamw_torch_fused",
-                   help="AdamW kernel, named as in transformers' TrainingArguments: the same update either way. "
-                        "fused: one kernel over all parameters (CPU and CUDA); adamw_torch: torch's default, "
-                        "which on CPU loops over the parameter tensors one by one.")
-    p.add_argument("--mixed-precision", choices=precision.CHOICES, default="auto",
-                   help="Autocast dtype of the forward pass; weights and optimizer stay float32. auto: fp16 with "
-                        "loss scaling on CUDA (the original's AMP); bf16 on a CPU with AMX or AVX512-BF16 "
-                        "(about 1.5x faster steps), except with --batching original, which keeps the original's "
-                        "float32 on CPU; no elsewhere.")
-    p.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (per rank).")
-    p.add_argument("--seed", type=int, default=42, help="Seed of shuffling, subsampling and init.")
-    p.add_argument("--resume-from", default=None, help="Fine-tune: start from this ranker's weights (a state_dict) "
-                   "and settings (its ranker_config.json; a flag contradicting them is refused).")
-    # Beyond the original: bounds for a time budget, device choice, ranking metrics.
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="Stop after this many optimizer steps (the schedule is fitted to it).")
-    p.add_argument("--max-train-minutes", type=float, default=None,
-                   help="Wall-clock budget: stop training once this much time has passed (then validate and save).")
-    p.add_argument("--max-train-samples", type=int, default=None, help="Use a seeded random subset of train pairs.")
-    p.add_argument("--max-eval-samples", type=int, default=None, help="Use a seeded random subset of val pairs.")
-    p.add_argument("--device", default="auto",
-                   help="auto, cpu, cuda or cuda:N (under torchrun each rank takes the GPU of its LOCAL_RANK).")
-    p.add_argument(
-        "--val-data-file", default=None,
-        help="val_data.json for Kendall's tau per epoch; by default the one beside --val-file, if any.",
-    )
-    p.add_argument(
-        "--pairing", choices=("pairs", "in-batch"), default="pairs",
-        help="pairs: train on --train-file's pairs (the original). in-batch: encode --batch-size prompts of "
-             "train_data.json per step and apply the loss to every in-batch pair passing the threshold.",
-    )
-    p.add_argument("--train-data-file", default=None,
-                   help="train_data.json for --pairing in-batch; by default the one beside --train-file.")
-    p.add_argument("--similarity-threshold", type=float, default=0.2,
-                   help="--pairing in-batch: minimum relative length difference of a pair.")
-    p.add_argument("--pair-weighting", choices=PAIR_WEIGHTINGS, default="none",
-                   help="--pairing in-batch: none weighs every pair alike (the original loss); length-diff "
-                        "weighs a pair by the difference of its answer lengths (capped at --pair-weight-cap), "
-                        "what misordering it costs a shortest-first scheduler.")
-    p.add_argument("--pair-weight-cap", type=float, default=None,
-                   help="--pair-weighting length-diff: answer lengths are capped here first, in "
-                        "answer_length's units. Default: the 98th percentile of the train rows' lengths, so a "
-                        "few very long answers do not outweigh the rest.")
-    p.add_argument(
-        "--batching", choices=("fast", "original"), default="fast",
-        help="fast: tokenize each distinct prompt once up front, pad each batch to its own longest prompt "
-             "(A and B prompts together, length-sorted into at most four forward passes). original: the "
-             "original release's exact behaviour for --pairing pairs: tokenize each batch as it is drawn, pad "
-             "every prompt to --max-length, plain shuffled batches. Same scores and loss either way.",
-    )
-    p.add_argument(
-        "--group-by-length", action=argparse.BooleanOptionalAction, default=None,
-        help="Batch items of similar token length together (sorted within windows of 50 batches, batches "
-             "shuffled, seeded): far less padding. Default: on for --pairing pairs with --batching fast, "
-             "off otherwise (for in-batch it changes which rows meet, so it stays opt-in).",
-    )
-    p.add_argument(
-        "--group-by-prompt", action=argparse.BooleanOptionalAction, default=None,
-        help="Keep pairs that share their prompt A in the same batch (groups shuffled, then length-sorted as "
-             "above) and encode each distinct prompt of a batch once: ~1.1 encodings per pair instead of 2 on "
-             "the preprocess scripts' pair files. Default: on for --pairing pairs with --batching fast.",
-    )
-    p.add_argument("--prompt-group-size", type=int, default=None,
-                   help="With --group-by-prompt: cut a prompt's group into pieces of at most this many pairs, "
-                        "placed apart, so a batch mixes more prompts (~1 + 1/N prompts encoded per pair); 0: "
-                        "whole groups (fastest, ~1.5 points of val accuracy lost at equal steps). Default: 2, "
-                        "which keeps the original's accuracy per step.")
-    p.add_argument("--select-by", choices=SELECT_BY, default="val_accuracy",
-                   help="Metric that picks best_model.pt.")
-    p.add_argument("--save-state", action="store_true",
-                   help=f"Write the full training state ({STATE_FILE}: model, optimizer, scheduler, RNG, position) "
-                        "to --output-dir at the end of every epoch, atomically, for --resume-state.")
-    p.add_argument("--save-every-steps", type=int, default=None,
-                   help=f"Also write {STATE_FILE} every N optimizer steps (implies --save-state).")
-    p.add_argument("--resume-state", default=None,
-                   help=f"Continue an interrupted run from this {STATE_FILE} (same arguments) to the same result; "
-                        f"'auto': --output-dir/{STATE_FILE} when it exists, else start afresh.")
-    # For tests of the resume path: the process SIGKILLs itself after this optimizer step, mid-epoch.
-    p.add_argument("--debug-kill-after-step", type=int, default=None, help=argparse.SUPPRESS)
-    return p
-
-
-def check_args(args: argparse.Namespace) -> None:
-    """Checks the flags; fills the ranker's settings (--resume-from's own, else the original's) where unset."""
-    given = {key: getattr(args, key) for key in SCORE_SETTINGS}
-    config = for_training(args.resume_from, given, name=lambda key: "--" + key.replace("_", "-"))
-    vars(args).update({key: getattr(config, key) for key in SCORE_SETTINGS})
-    for name in ("batch_size", "num_epochs", "max_length"):
-        if getattr(args, name) < 1:
-            raise PARSError(f"--{name.replace('_', '-')} must be >= 1")
-    if args.save_every_steps is not None:
-        if args.save_every_steps < 1:
-            raise PARSError("--save-every-steps must be >= 1")
-        args.save_state = True
-    if args.batching == "original":
-        if args.pairing != "pairs":
-            raise PARSError("--batching original reproduces the original release, which has only --pairing pairs")
-        if args.group_by_length or args.group_by_prompt:
-            raise PARSError("--batching original uses plain shuffled batches; drop --group-by-length/--group-by-prompt")
-    if args.prompt_group_size is not None and args.prompt_group_size < 0:
-        raise PARSError("--prompt-group-size must be >= 0 (0: whole groups)")
-    if args.pair_weighting != "none" and args.pairing != "in-batch":
-        raise PARSError("--pair-weighting needs the rows' answer lengths: use it with --pairing in-batch")
-    if args.pair_weight_cap is not None and args.pair_weight_cap <= 0:
-        raise PARSError("--pair-weight-cap must be > 0")
-    if args.group_by_prompt and args.pairing != "pairs":
-        raise PARSError("--group-by-prompt groups pairs by their prompt A; --pairing in-batch has no pairs to group")
-    fast_pairs = args.pairing == "pairs" and args.batching == "fast"
-    if args.group_by_length is None:
-        args.group_by_length = fast_pairs
-    if args.group_by_prompt is None:
-        args.group_by_prompt = fast_pairs
-    if args.prompt_group_size is not None and not args.group_by_prompt:
-        raise PARSError("--prompt-group-size cuts the groups of --group-by-prompt, which is off here")
-    if args.group_by_prompt:
-        # pieces of 2: the original's val accuracy per step; whole groups encode fewer tokens but lose ~1.5
-        # points at equal steps (benchmarks/results/train_bench_bf16.json, predictor_train/README.md)
-        size = DEFAULT_PROMPT_GROUP_SIZE if args.prompt_group_size is None else args.prompt_group_size
-        args.prompt_group_size = size or None  # None: whole groups
 
 
 def set_seed(seed: int) -> None:
@@ -218,15 +72,15 @@ def set_seed(seed: int) -> None:
 
 
 class PassScorer(nn.Module):
-    """Scores of several padded forward passes, concatenated: one module call per step, as DDP needs
-    (its gradient hooks expect one forward per backward)."""
+    """The head's outputs of several padded forward passes, concatenated, (prompts, outputs): one module call
+    per step, as DDP needs (its gradient hooks expect one forward per backward)."""
 
     def __init__(self, ranker: PairwiseRanker) -> None:
         super().__init__()
         self.ranker = ranker
 
     def forward(self, input_ids: list[torch.Tensor], attention_mask: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([self.ranker.score(i, m) for i, m in zip(input_ids, attention_mask, strict=True)])
+        return torch.cat([self.ranker.head(i, m) for i, m in zip(input_ids, attention_mask, strict=True)])
 
 
 def validate(scorer: PromptScorer, val_pairs, val_rows, batch_size: int, criterion,
@@ -347,6 +201,9 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     weight_cap = None
     if args.pair_weighting == "length-diff":
         weight_cap = args.pair_weight_cap or length_cap(index.answer_lengths)
+    # the targets' scale, from the train rows: standardized log lengths, or buckets of equal frequency
+    log_stats = log_length_stats(index.answer_lengths) if args.loss == "pointwise" else None
+    edges = bucket_edges(index.answer_lengths, args.num_buckets) if args.loss == "classification" else None
     batches = EpochBatches(n_train, args.batch_size, args.seed, lengths, drop_last=args.pairing == "in-batch",
                            rank=info.rank, world_size=info.world_size, groups=groups,
                            max_group=args.prompt_group_size)
@@ -358,9 +215,14 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                           generator=loader_rng)
 
     # ---- model ----
-    model = PairwiseRanker.from_pretrained(args.model_name, args.pooling)
+    outputs = args.num_buckets if args.loss == "classification" else 1
+    model = PairwiseRanker.from_pretrained(args.model_name, args.pooling, outputs)
     if args.resume_from:
-        load_state_dict_into(model, read_state_dict(args.resume_from), args.resume_from)
+        resumed = read_state_dict(args.resume_from)
+        if head_outputs(resumed) != outputs:
+            raise PARSError(f"--resume-from {args.resume_from} has a head of {head_outputs(resumed)} output(s); "
+                            f"--loss {args.loss} here trains one of {outputs}")
+        load_state_dict_into(model, resumed, args.resume_from)
     state = None
     state_path = output_dir / STATE_FILE if args.resume_state == "auto" else args.resume_state
     if state_path is not None and (args.resume_state != "auto" or Path(state_path).is_file()):
@@ -392,7 +254,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
         f"batching={args.batching} "
         f"group_by_length={args.group_by_length} group_by_prompt={args.group_by_prompt} train_items={n_train} "
         f"val_pairs={len(val_pairs)} "
-        f"steps={total_steps} epochs={num_epochs}" + (f" val_rows={len(val_rows)}" if val_rows else "")
+        f"steps={total_steps} epochs={num_epochs} loss={args.loss}" + (f" val_rows={len(val_rows)}" if val_rows else "")
         + (f" pair_weighting={args.pair_weighting} pair_weight_cap={weight_cap:g}" if weight_cap else ""))
 
     # ---- loop state (everything a resumed run needs beyond the weights) ----
@@ -403,7 +265,8 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                  "world_size": info.world_size,
                  # the same weights see other tokens under another cut
                  "max_length": args.max_length, "truncation": args.truncation, "pooling": args.pooling,
-                 "pair_weighting": args.pair_weighting, "pair_weight_cap": weight_cap}
+                 "pair_weighting": args.pair_weighting, "pair_weight_cap": weight_cap, "loss": args.loss,
+                 "num_buckets": outputs}
     best = {"val_accuracy": -1.0, "val_kendall_tau": -math.inf, "val_length_weighted_tau": -math.inf}
     history: list[dict[str, Any]] = []
     # position: epoch, batches of it consumed, optimizer steps in all and at its start; running sums
@@ -422,7 +285,7 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
     if info.is_main:  # beside the checkpoints: what scoring them needs (pars/model/ranker_config.py)
         RankerConfig(model_name=args.model_name, pooling=args.pooling, truncation=args.truncation,
                      max_length=args.max_length, length_unit=length_unit_beside(args.train_file),
-                     loss="margin").save(output_dir)
+                     loss=args.loss).save(output_dir)
     start = time.perf_counter() - counts["train_seconds"]
 
     def write_state() -> None:
@@ -457,27 +320,39 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                 # pairs span the whole global batch: every rank forms them from all ranks' lengths
                 sizes = batches.shard_sizes(global_size)
                 all_lengths = dist.gather_with_grad(batch["lengths"].to(device), sizes)
-                i, j, target = in_batch_pairs(all_lengths, args.similarity_threshold)
-                if target.numel() == 0:  # no pair of this batch passes the threshold (same on every rank)
-                    continue
+                if args.loss == "margin":
+                    i, j, target = in_batch_pairs(all_lengths, args.similarity_threshold)
+                    if target.numel() == 0:  # no pair of this batch passes the threshold (same on every rank)
+                        continue
             input_ids = [t.to(device, non_blocking=True) for t in batch["input_ids"]]
             attention_mask = [t.to(device, non_blocking=True) for t in batch["attention_mask"]]
             optimizer.zero_grad(set_to_none=True)
             with precision.autocast(precision.DTYPES.get(mixed_precision), device):
                 # the loss in float32 whatever the matmuls ran in
-                scores = passes(input_ids, attention_mask)[batch["restore"].to(device)].float()
+                heads = passes(input_ids, attention_mask)[batch["restore"].to(device)].float()
+                scores = heads.squeeze(-1) if outputs == 1 else None
                 if args.pairing == "pairs":
                     batch["labels"] = batch["labels"].to(device)
                     loss = pair_loss(scores, batch, criterion, len(batch["labels"]) * info.world_size / global_size)
                     n_pairs = len(batch["labels"])
-                else:
-                    scores = dist.gather_with_grad(scores, sizes)
-                    if weight_cap is None:
-                        loss = criterion(scores[i], scores[j], target)
+                else:  # each loss over the whole global batch, the same on every rank
+                    n_rows = len(all_lengths)
+                    n_pairs = n_rows * (n_rows - 1) / 2 / info.world_size  # every rank holds all of them
+                    if args.loss == "classification":
+                        loss = classification_loss(dist.gather_with_grad(heads, sizes), all_lengths, edges)
                     else:
-                        loss = weighted_margin_loss(scores[i], scores[j], target,
-                                                    pair_weights(all_lengths, i, j, weight_cap), args.margin)
-                    n_pairs = target.numel() / info.world_size  # every rank holds all of them
+                        scores = dist.gather_with_grad(scores, sizes)
+                    if args.loss == "listmle":
+                        loss = listmle_loss(scores, all_lengths)
+                    elif args.loss == "pointwise":
+                        loss = pointwise_loss(scores, all_lengths, *log_stats)
+                    elif args.loss == "margin":
+                        n_pairs = target.numel() / info.world_size
+                        if weight_cap is None:
+                            loss = criterion(scores[i], scores[j], target)
+                        else:
+                            loss = weighted_margin_loss(scores[i], scores[j], target,
+                                                        pair_weights(all_lengths, i, j, weight_cap), args.margin)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -557,6 +432,11 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
             "pairing": args.pairing,
             "pair_weighting": args.pair_weighting,
             "pair_weight_cap": weight_cap,
+            "loss": args.loss,
+            # the pointwise target's log-length mean and std; the classification buckets' inner edges
+            "log_length_stats": list(log_stats) if log_stats else None,
+            "num_buckets": outputs if edges else None,
+            "bucket_edges": edges,
             "batching": args.batching,
             "group_by_length": args.group_by_length,
             "group_by_prompt": args.group_by_prompt,
