@@ -210,8 +210,12 @@ def phase_traffic(args: argparse.Namespace, name: str, trace: list, url: str, mo
     out = {"sent": sent, "wall_s": round(until - since - 2.0, 1), "window_unix": [since, until],
            "records": records.summary(got), "ranker_id": ranker_id, "records_used": len(used),
            "taus": taus, "gateway_live": records.live_quality(url)}
-    print(f"{name}: {taus['n']} scored records, tau {taus['kendall_tau']:.3f} {taus['kendall_tau_ci95']}, weighted "
-          f"{taus['length_weighted_tau']:.3f} {taus['length_weighted_tau_ci95']}; gateway's gauges "
+    def ci(key: str) -> str:
+        low, high = taus[key] or (float("nan"), float("nan"))
+        return f"[{low:.3f}, {high:.3f}]"
+
+    print(f"{name}: {taus['n']} scored records, tau {taus['kendall_tau']:.3f} {ci('kendall_tau_ci95')}, weighted "
+          f"{taus['length_weighted_tau']:.3f} {ci('length_weighted_tau_ci95')}; gateway's gauges "
           f"{out['gateway_live'].get('metrics')}", flush=True)
     return out, used
 
