@@ -42,7 +42,8 @@ def no_dropout_copy(model_dir: Path, dest: Path) -> Path:
 
 def batch_loss(model: PairwiseRanker, batch: dict, criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.no_grad():
-        scores = train.PassScorer(model)(batch["input_ids"], batch["attention_mask"])[batch["restore"]]
+        # the head's outputs (prompts, 1), as the loop reads them
+        scores = train.PassScorer(model)(batch["input_ids"], batch["attention_mask"])[batch["restore"]].squeeze(-1)
     return train.pair_loss(scores, batch, criterion, 1.0), scores
 
 
