@@ -375,3 +375,12 @@ def test_help_and_one_line_errors(tmp_path, capsys, tiny_data, monkeypatch):
         code, out = call(base + extra, capsys)
         assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1, out.err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_default_work_dir_is_git_ignored_before_it_exists():
+    from experiments.lib.paths import ROOT
+
+    runs_dir = ROOT / "experiments" / "runs" / "2099-01-01_never_made"
+    assert not runs_dir.exists()
+    assert not cli.unignored_in_git(runs_dir / "loss_ablation_work")  # .gitignore: experiments/runs/**/*_work/
+    assert cli.unignored_in_git(runs_dir / "elsewhere")

@@ -154,7 +154,9 @@ def unignored_in_git(path: Path) -> bool:
     """Whether `path` lies in this repository without being git-ignored (the work dir holds GBs of checkpoints)."""
     try:
         path.relative_to(ROOT)
-        done = subprocess.run(["git", "check-ignore", "-q", str(path)], cwd=ROOT, capture_output=True, timeout=10)
+        # a file inside it: git matches a directory pattern (`*_work/`) only to a directory that exists
+        done = subprocess.run(["git", "check-ignore", "-q", str(path / "run.json")], cwd=ROOT, capture_output=True,
+                              timeout=10)
     except (ValueError, OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 1
