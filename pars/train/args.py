@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=(
             "Train a BERT-family pairwise ranker on pair files from data_preprocess/: "
-            "score = Linear(pooler output), MarginRankingLoss on (score_A, score_B, 2*label-1). "
+            "score = Linear(pooler output), MarginRankingLoss on (score_A, score_B, 2*label-1) "
+            "(or, over in-batch rows, the --loss named). "
             "Writes best_model.pt (best val accuracy), last_model.pt and metrics.json. "
             "Runs as is under `torchrun --nproc_per_node=N` (DistributedDataParallel)."
         ),
