@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.lib.args import OneLineParser, ints
 from experiments.lib.bench_client import check_lengths, client_argv, summarize, write_dataset
 from experiments.lib.harness import Servers, log_dir_for
 from experiments.lib.paths import ROOT, RUNS
@@ -58,17 +59,8 @@ METRICS = ("e2el_mean_s", "e2el_p50_s", "e2el_p90_s", "e2el_p99_s", "tpot_mean_m
            "tpot_p99_ms")
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the whole usage
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def parser() -> Parser:
-    p = Parser(prog="python -m experiments.vllm_bench", description=__doc__,
+def parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m experiments.vllm_bench", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("trace")
     g.add_argument("--data", type=Path, required=True, help="val_data.json from data_preprocess (prompt, "

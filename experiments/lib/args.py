@@ -13,6 +13,18 @@ def parser_for(doc: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A parser whose errors are one line (`prog: error: ...`, exit 2), not the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def ints(text: str) -> list[int]:
+    """A comma list of integers ("0,1,2"), empty items ignored."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 def floats(text: str) -> list[float]:
     """A comma list of numbers ("0.8,1.2,1.6"), empty items ignored."""
     return [float(x) for x in text.split(",") if x.strip()]

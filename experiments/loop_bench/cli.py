@@ -15,25 +15,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from experiments.lib.args import OneLineParser, ints
 from experiments.lib.harness import Servers
 from experiments.lib.paths import ROOT, RUNS
 from experiments.loop_bench import data, latency, loop, records, report, servers, traffic
 from pars.common.processes import load_average
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the whole usage
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def parser() -> Parser:
+def parser() -> OneLineParser:
     from experiments.loop_bench import __doc__ as doc
 
-    p = Parser(prog="python -m experiments.loop_bench", description=doc,
+    p = OneLineParser(prog="python -m experiments.loop_bench", description=doc,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("traffic: ShareGPT's later turns")
     g.add_argument("--sharegpt", type=Path, default=None, help="a ShareGPT V3 JSON array (default: the file of the "

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.lib.args import floats
+from experiments.lib.args import OneLineParser, floats, ints
 from experiments.lib.paths import ROOT, RUNS
 from experiments.loss_ablation import aggregate, data, evaluate, grid, report, runs, schedule, screen
 from pars.common.hub import OFFLINE_ENCODER
@@ -29,19 +29,10 @@ from pars.common.processes import load_average
 POOLINGS, TRUNCATIONS, PRECISIONS = ("pooler", "mean"), ("head", "middle"), ("auto", "no", "fp16", "bf16")
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the whole usage
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
-def parser() -> Parser:
+def parser() -> OneLineParser:
     from experiments.loss_ablation import __doc__ as doc
 
-    p = Parser(prog="python -m experiments.loss_ablation", description=doc,
+    p = OneLineParser(prog="python -m experiments.loss_ablation", description=doc,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--train-data", type=Path, required=True, help="train_data.json of stage 1 (task_id, prompt, "
