@@ -300,7 +300,11 @@ def test_upstream_down_is_a_502_from_the_gateway(predictor):
     settings = GatewaySettings(upstream_url=f"http://127.0.0.1:{free_port()}", predictor_url=predictor.url)
     with serve(create_app(settings)) as url:
         response = httpx.post(url + "/v1/completions", json={"prompt": "hi"})
+        passed = httpx.get(url + "/v1/models")  # the pass-through path counts too
+        metrics = httpx.get(url + "/gateway/metrics").text
     assert response.status_code == 502 and response.json()["error"]["type"] == "bad_gateway"
+    assert passed.status_code == 502
+    assert "pars_gateway_upstream_errors_total 2.0" in metrics
 
 
 def test_idle_upstream_connections_are_dropped_before_the_upstream_closes_them():

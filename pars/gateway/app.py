@@ -123,10 +123,11 @@ def create_app(settings: GatewaySettings | None = None, predictor_settings=None)
                 headers.append((b"x-pars-priority", str(a.priority).encode()))
             outcomes: Outcomes = request.app.state.outcomes
             body, watcher = outcomes.watch(request.url.path, a, arrival_ms / 1000, started)
-            return await forward(client, request, body, keep_length=False, extra_headers=headers, watcher=watcher)
+            return await forward(client, request, body, keep_length=False, extra_headers=headers, watcher=watcher,
+                                 on_unreachable=metrics.upstream_errors.inc)
         # Streamed through, length kept: a large upload is never held in the gateway.
         content = request.stream() if has_body(request) else None
-        return await forward(client, request, content, keep_length=True)
+        return await forward(client, request, content, keep_length=True, on_unreachable=metrics.upstream_errors.inc)
 
     async def health(request: Request) -> JSONResponse:
         s: GatewaySettings = request.app.state.settings

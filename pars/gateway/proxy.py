@@ -8,7 +8,7 @@ for), and its end, however it ends: relayed to the last byte, broken off, or the
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
 import httpx
@@ -67,11 +67,13 @@ def upstream_error(message: str) -> JSONResponse:
 
 async def forward(client: httpx.AsyncClient, request: Request, content: bytes | AsyncIterator[bytes] | None,
                   keep_length: bool, extra_headers: list[tuple[bytes, bytes]] = (),
-                  watcher: RelayWatcher | None = None) -> Response:
+                  watcher: RelayWatcher | None = None,
+                  on_unreachable: Callable[[], None] | None = None) -> Response:
     """Send the request upstream (same method, path, query and end-to-end headers) and relay the answer:
     status, headers and body bytes as they come (no decoding, so content-encoding stays valid).
 
-    A watcher that strips chunks (`strip_usage`) gets the answer uncompressed (accept-encoding: identity)."""
+    A watcher that strips chunks (`strip_usage`) gets the answer uncompressed (accept-encoding: identity);
+    `on_unreachable` is called when the upstream cannot be reached (the gateway answers 502 itself)."""
     strips = watcher is not None and getattr(watcher, "strip_usage", False)
     # The raw path: re-encoding the decoded one would change escapes such as %2F.
     target = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
@@ -84,6 +86,8 @@ async def forward(client: httpx.AsyncClient, request: Request, content: bytes | 
         response = await client.send(upstream_request, stream=True)
     except httpx.TransportError as exc:
         log.warning("upstream unreachable: %s", type(exc).__name__)
+        if on_unreachable is not None:
+            on_unreachable()
         if watcher is not None:
             watcher.finished(502, complete=True)
         return upstream_error(f"the gateway could not reach the upstream server ({type(exc).__name__})")
