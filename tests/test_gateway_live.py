@@ -94,10 +94,11 @@ def test_the_window_keeps_scored_finished_answers_of_the_current_ranker(monkeypa
     live = LiveQuality(3)
     live.reset("r")
     for o in (outcome(1), outcome(2, priority_source="fallback", score=None), outcome(3, complete=False),
-              outcome(4, status=500), outcome(5, usage=Usage()), outcome(6, ranker_id="old")):
+              outcome(4, status=500), outcome(5, usage=Usage()), outcome(6, ranker_id="old"),
+              outcome(7, choices=2)):  # n=2: its usage sums two answers, no one answer's length
         live.add(o)
     assert len(live) == 1
-    for i in range(7, 12):
+    for i in range(8, 13):
         live.add(outcome(i))
     assert len(live) == 3  # the last 3
     calls = []

@@ -30,14 +30,15 @@ from pars.gateway import record as record_module
 from pars.gateway.app import create_app
 from pars.gateway.observability import GatewayMetrics
 from pars.gateway.outcome import RequestOutcome
+from pars.gateway.prompts import requested_choices
 from pars.gateway.record import Recorder, record_of
 from pars.gateway.settings import GatewaySettings
 from pars.gateway.usage import SseReader, Usage, usage_literal
 
 FINGERPRINT = "vllm-0.0-test1234"
 FIELDS = {"time", "path", "model", "prompt", "prompt_sha256", "prompt_chars", "prompt_tokens", "completion_tokens",
-          "finish_reason", "censored", "score", "priority", "priority_source", "max_tokens", "status", "stream",
-          "latency_s", "ranker_id"}
+          "finish_reason", "censored", "score", "priority", "priority_source", "max_tokens", "choices", "status",
+          "stream", "latency_s", "ranker_id"}
 
 
 class VllmLike:
@@ -165,7 +166,7 @@ def test_a_non_streamed_answer_is_recorded_with_its_usage(gateway, tmp_path):
     directory = tmp_path / "records"
     with gateway(record_dir=str(directory)) as url:
         reply = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "hello there", "max_tokens": 50})
-        chat = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "max_tokens": 4, "messages": [
+        chat = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "max_tokens": 4, "n": 2, "messages": [
             {"role": "system", "content": "be brief"}, {"role": "user", "content": "a long question"}]})
     assert reply.status_code == chat.status_code == 200
     assert reply.json()["usage"]["completion_tokens"] == 11  # relayed as is
@@ -177,11 +178,12 @@ def test_a_non_streamed_answer_is_recorded_with_its_usage(gateway, tmp_path):
     assert first["censored"] is False and first["score"] == 11.0 and first["priority_source"] == "scored"
     assert first["priority"] == int(reply.headers["x-pars-priority"]) and first["max_tokens"] == 50
     assert first["status"] == 200 and first["stream"] is False and first["complete"] is True
-    assert first["ranker_id"] == "ranker-a" and first["latency_s"] > 0
+    assert first["ranker_id"] == "ranker-a" and first["latency_s"] > 0 and first["choices"] == 1
     assert abs(first["time"] - time.time()) < 600
     # the chat prompt is what the ranker scored: the last user message; cut at max_tokens: censored
     assert second["prompt"] == "a long question" and second["path"] == "/v1/chat/completions"
     assert (second["completion_tokens"], second["finish_reason"], second["censored"]) == (4, "length", True)
+    assert second["choices"] == 2  # n=2: its usage sums both answers; stage 1 leaves it out
     files = list(directory.glob("*.jsonl"))
     assert len(files) == 1 and stat.S_IMODE(files[0].stat().st_mode) == 0o600
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
@@ -293,7 +295,7 @@ def test_upstream_down_and_client_gone_are_recorded(predictor, upstream, tmp_pat
 def outcome(i: int = 0, **fields) -> RequestOutcome:
     values = {"time": 1.7e9, "path": "/v1/completions", "model": "m", "prompt": f"prompt {i}", "score": float(i),
               "quantile": 0.5, "priority": 10 + i, "priority_source": "scored", "ranker_id": "r", "max_tokens": None,
-              "stream": False, "status": 200, "complete": True, "latency_s": 0.1,
+              "choices": 1, "stream": False, "status": 200, "complete": True, "latency_s": 0.1,
               "usage": Usage(5, 10 + i, "stop"), **fields}
     return RequestOutcome(**values)
 
@@ -305,6 +307,21 @@ def test_record_of_the_format():
     hashed = record_of(outcome(3, prompt="x"), "hash")
     assert hashed["prompt"] is None and hashed["prompt_sha256"] == hashlib.sha256(b"x").hexdigest()
     assert record_of(outcome(prompt=None), "text")["prompt_sha256"] is None
+    assert rec["choices"] == 1 and record_of(outcome(choices=4), "text")["choices"] == 4
+
+
+@pytest.mark.parametrize(("path", "body", "want"), [
+    ("/v1/completions", {"prompt": "a"}, 1),
+    ("/v1/completions", {"prompt": "a", "n": 3}, 3),
+    ("/v1/completions", {"prompt": ["a", "b"], "n": 2}, 4),  # every prompt gets n answers
+    ("/v1/completions", {"prompt": [[1, 2], [3]]}, 2),
+    ("/v1/completions", {"prompt": [1, 2, 3]}, 1),  # one prompt of token ids
+    ("/v1/chat/completions", {"messages": [], "n": 2}, 2),
+    ("/v1/chat/completions", {"messages": [], "n": True}, 1),
+    ("/v1/chat/completions", {"messages": [], "n": "2"}, 1),  # not a count: the upstream refuses it
+])
+def test_requested_choices(path, body, want):
+    assert requested_choices(path, body) == want
 
 
 def test_a_full_disk_cuts_back_the_failed_write_and_counts_the_loss(tmp_path, monkeypatch):

@@ -127,13 +127,15 @@ def test_random_split_is_seeded_as_the_datasets_split(tmp_path):
 
 def test_gateway_records_skip_errors_and_hash_only_prompts(tmp_path, capsys):
     records = [gw("ok", 40), gw("fail", 0, status=500), gw(None, 30), gw("nolen", None), gw("  ", 9),
-               gw("left", 3, complete=False), gw(None, 8, prompt_sha256=None), *filler()]
+               gw("left", 3, complete=False), gw(None, 8, prompt_sha256=None), gw("two", 80, choices=2),
+               gw("one", 20, choices=1), *filler()]
     rows = by_prompt(run(tmp_path, records=records))
-    assert set(rows) == {"ok"} | {f"filler {i}" for i in range(30)}
+    assert set(rows) == {"ok", "one"} | {f"filler {i}" for i in range(30)}  # "ok": written before `choices`
     assert all(r["answer_content"] == "" for r in rows.values())  # no text in gateway records, kept anyway
     info = outputs(tmp_path / "out")[4]
     assert info["records_skipped"] == {"error response (status not 200)": 1, "prompt kept as a hash only": 1,
-                                       "no prompt text": 2, "no completion_tokens": 1, "incomplete answer": 1}
+                                       "no prompt text": 2, "no completion_tokens": 1, "incomplete answer": 1,
+                                       "several choices (n > 1): usage sums them": 1}
     assert "no prompt text 2" in capsys.readouterr().out
 
 

@@ -120,6 +120,8 @@ def _from_gateway(obj: dict[str, Any]) -> Observation | str:
         return "error response (status not 200)"
     if obj.get("complete") is False:  # the client left, or the upstream broke off: the length is unknown
         return "incomplete answer"
+    if _count(obj.get("choices")) not in (None, 0, 1):  # records written before the field was added have none
+        return "several choices (n > 1): usage sums them"
     prompt = obj.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         return "prompt kept as a hash only" if prompt is None and obj.get("prompt_sha256") else "no prompt text"

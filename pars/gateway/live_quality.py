@@ -135,7 +135,7 @@ class LiveQuality:
 
     def add(self, outcome: RequestOutcome) -> None:
         """An outcome consumer: keeps a scored request that finished with a known answer length."""
-        tokens = outcome.usage.completion_tokens
+        tokens = outcome.answer_tokens  # None for n > 1: usage sums the answers
         if (outcome.priority_source != SCORED or outcome.score is None or not math.isfinite(outcome.score)
                 or tokens is None or outcome.status != 200 or not outcome.complete
                 or outcome.ranker_id != self.ranker_id):  # scored by a ranker since replaced

@@ -19,7 +19,7 @@ import httpx
 
 from pars.gateway.body import with_members
 from pars.gateway.policy import Assignment
-from pars.gateway.prompts import prompt_text, requested_tokens
+from pars.gateway.prompts import prompt_text, requested_choices, requested_tokens
 from pars.gateway.usage import JsonReader, SseReader, Usage, usage_literal
 
 log = logging.getLogger("pars.gateway")
@@ -37,6 +37,7 @@ class RequestOutcome:
     priority_source: str
     ranker_id: str | None  # the ranker that computed `score`
     max_tokens: int | None
+    choices: int  # answers asked for (n, times a completions request's prompts); above 1 usage sums them
     stream: bool
     status: int  # the answer's HTTP status (502: the gateway's own, upstream unreachable)
     complete: bool  # the answer was relayed to its end (False: the client left, or the upstream broke off)
@@ -47,6 +48,11 @@ class RequestOutcome:
     def censored(self) -> bool:
         """Cut at max_tokens: the answer would have been at least completion_tokens long."""
         return self.usage.finish_reason == "length"
+
+    @property
+    def answer_tokens(self) -> int | None:
+        """The one answer's length in tokens, or None: unknown, or several answers (usage sums them)."""
+        return self.usage.completion_tokens if self.choices == 1 else None
 
 
 Consumer = Callable[[RequestOutcome], None]
@@ -111,8 +117,8 @@ class Watcher:
             time=self._arrival_s, path=self._path, model=model if isinstance(model, str) else None,
             prompt=prompt_text(self._path, body), score=a.score, quantile=a.quantile, priority=a.priority,
             priority_source=a.source, ranker_id=a.ranker_id, max_tokens=requested_tokens(self._path, body),
-            stream=body.get("stream") is True, status=status, complete=complete,
-            latency_s=time.perf_counter() - self._started, usage=usage)
+            choices=requested_choices(self._path, body), stream=body.get("stream") is True, status=status,
+            complete=complete, latency_s=time.perf_counter() - self._started, usage=usage)
 
 
 class Outcomes:

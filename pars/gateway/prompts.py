@@ -6,7 +6,8 @@ from typing import Any
 
 from pars.common.prompts import CHAT, COMPLETIONS, chat_text, completion_text, prompt_text
 
-__all__ = ["CHAT", "COMPLETIONS", "SCORED_PATHS", "chat_text", "completion_text", "prompt_text", "requested_tokens"]
+__all__ = ["CHAT", "COMPLETIONS", "SCORED_PATHS", "chat_text", "completion_text", "prompt_text", "requested_choices",
+           "requested_tokens"]
 
 SCORED_PATHS = frozenset({COMPLETIONS, CHAT})
 
@@ -20,3 +21,14 @@ def requested_tokens(path: str, body: dict[str, Any]) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None
+
+
+def requested_choices(path: str, body: dict[str, Any]) -> int:
+    """How many answers the request asks for: `n` per prompt, times the prompts of a completions request given
+    several. The usage of an answer with several sums their tokens, so it is no one answer's length."""
+    n = body.get("n")
+    per_prompt = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    prompt = body.get("prompt")
+    prompts = len(prompt) if path == COMPLETIONS and isinstance(prompt, list) and prompt and isinstance(
+        prompt[0], str | list) else 1
+    return per_prompt * prompts

@@ -59,6 +59,7 @@ def record_of(outcome: RequestOutcome, prompts: str) -> dict[str, Any]:
         "priority": outcome.priority,
         "priority_source": outcome.priority_source,
         "max_tokens": outcome.max_tokens,
+        "choices": outcome.choices,  # above 1, completion_tokens sums several answers: not one answer's length
         "status": outcome.status,
         "complete": outcome.complete,
         "stream": outcome.stream,
