@@ -336,23 +336,23 @@ def train(args: argparse.Namespace, info: dist.DistInfo, device: torch.device) -
                     loss = pair_loss(scores, batch, criterion, len(batch["labels"]) * info.world_size / global_size)
                     n_pairs = len(batch["labels"])
                 else:  # each loss over the whole global batch, the same on every rank
+                    all_heads = dist.gather_with_grad(heads, sizes)
                     n_rows = len(all_lengths)
                     n_pairs = n_rows * (n_rows - 1) / 2 / info.world_size  # every rank holds all of them
                     if args.loss == "classification":
-                        loss = classification_loss(dist.gather_with_grad(heads, sizes), all_lengths, edges)
-                    else:
-                        scores = dist.gather_with_grad(scores, sizes)
-                    if args.loss == "listmle":
-                        loss = listmle_loss(scores, all_lengths)
+                        loss = classification_loss(all_heads, all_lengths, edges)
+                    elif args.loss == "listmle":
+                        loss = listmle_loss(all_heads.squeeze(-1), all_lengths)
                     elif args.loss == "pointwise":
-                        loss = pointwise_loss(scores, all_lengths, *log_stats)
-                    elif args.loss == "margin":
+                        loss = pointwise_loss(all_heads.squeeze(-1), all_lengths, *log_stats)
+                    else:
+                        s = all_heads.squeeze(-1)
                         n_pairs = target.numel() / info.world_size
                         if weight_cap is None:
-                            loss = criterion(scores[i], scores[j], target)
+                            loss = criterion(s[i], s[j], target)
                         else:
-                            loss = weighted_margin_loss(scores[i], scores[j], target,
-                                                        pair_weights(all_lengths, i, j, weight_cap), args.margin)
+                            loss = weighted_margin_loss(s[i], s[j], target, pair_weights(all_lengths, i, j, weight_cap),
+                                                        args.margin)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
