@@ -109,6 +109,30 @@ def serve(app):
         thread.join(timeout=30)
 
 
+@contextmanager
+def serve_stand_in(stand_in):
+    """A stand-in server (an object with a Starlette `app`) under `serve`; its `url` set, for the tests to use."""
+    with serve(stand_in.app) as url:
+        stand_in.url = url
+        yield stand_in
+
+
+def gateway_factory(upstream, predictor, **defaults):
+    """A context-manager factory: a gateway in front of the stand-ins, with a 5 s predictor timeout, no gathering,
+    `defaults`, then each call's overrides; yields its base URL."""
+    from pars.gateway.app import create_app
+    from pars.gateway.settings import GatewaySettings
+
+    @contextmanager
+    def make(**overrides):
+        values = {"upstream_url": upstream.url, "predictor_url": predictor.url, "predictor_timeout_ms": 5000,
+                  "gather_ms": 0, **defaults, **overrides}
+        with serve(create_app(GatewaySettings(**values))) as url:
+            yield url
+
+    return make
+
+
 class StandInPredictor:
     """/score_batch: long-answer prompts (they say 'essay') score high, like a perfect ranker (`inverted`:
     low, like the worst one)."""

@@ -16,11 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
-from serving_helpers import ROOT, free_port, serve
+from serving_helpers import ROOT, free_port, gateway_factory, serve, serve_stand_in
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -103,17 +102,13 @@ class Predictor:
 
 @pytest.fixture(scope="module")
 def upstream():
-    stand_in = Upstream()
-    with serve(stand_in.app) as url:
-        stand_in.url = url
+    with serve_stand_in(Upstream()) as stand_in:
         yield stand_in
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    stand_in = Predictor()
-    with serve(stand_in.app) as url:
-        stand_in.url = url
+    with serve_stand_in(Predictor()) as stand_in:
         yield stand_in
 
 
@@ -121,15 +116,7 @@ def predictor():
 def gateway(upstream, predictor):
     """A factory: a gateway with the given settings, in front of the stand-ins."""
     predictor.mode = "ok"
-
-    @contextmanager
-    def make(**overrides):
-        values = {"upstream_url": upstream.url, "predictor_url": predictor.url, "predictor_timeout_ms": 5000,
-                  "gather_ms": 0, "fairness_window_s": BIG_WINDOW_S, **overrides}
-        with serve(create_app(GatewaySettings(**values))) as url:
-            yield url
-
-    return make
+    return gateway_factory(upstream, predictor, fairness_window_s=BIG_WINDOW_S)
 
 
 def complete(url: str, prompt, **fields) -> httpx.Response:

@@ -12,7 +12,7 @@ import random
 
 import httpx
 import pytest
-from serving_helpers import serve
+from serving_helpers import serve, serve_stand_in
 from test_gateway_record import Predictor, VllmLike, outcome, wait_until
 
 from pars.eval.rank_metrics import kendall_tau, length_cap, length_weighted_tau
@@ -181,9 +181,7 @@ def test_prioritizer_starts_fresh_windows_for_a_new_ranker_and_drops_a_replaced_
 
 @pytest.fixture(scope="module")
 def upstream():
-    stand_in = VllmLike()
-    with serve(stand_in.app) as url:
-        stand_in.url = url
+    with serve_stand_in(VllmLike()) as stand_in:
         yield stand_in
 
 

@@ -15,12 +15,11 @@ import os
 import stat
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
-from serving_helpers import free_port, serve
+from serving_helpers import free_port, gateway_factory, serve, serve_stand_in
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -112,17 +111,13 @@ class Predictor:
 
 @pytest.fixture(scope="module")
 def upstream():
-    stand_in = VllmLike()
-    with serve(stand_in.app) as url:
-        stand_in.url = url
+    with serve_stand_in(VllmLike()) as stand_in:
         yield stand_in
 
 
 @pytest.fixture(scope="module")
 def predictor():
-    stand_in = Predictor()
-    with serve(stand_in.app) as url:
-        stand_in.url = url
+    with serve_stand_in(Predictor()) as stand_in:
         yield stand_in
 
 
@@ -130,15 +125,7 @@ def predictor():
 def gateway(upstream, predictor):
     upstream.lengths.clear()
     upstream.split_events, upstream.hold = False, None
-
-    @contextmanager
-    def make(**overrides):
-        values = {"upstream_url": upstream.url, "predictor_url": predictor.url, "predictor_timeout_ms": 5000,
-                  "gather_ms": 0, **overrides}
-        with serve(create_app(GatewaySettings(**values))) as url:
-            yield url
-
-    return make
+    return gateway_factory(upstream, predictor)
 
 
 def records(directory: Path) -> list[dict]:
