@@ -4,7 +4,7 @@ a tool that reads reports."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def parser_for(doc: str) -> argparse.ArgumentParser:
@@ -18,6 +18,18 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def parse_checked(p: argparse.ArgumentParser, argv: Sequence[str] | None,
+                  check: Callable[[argparse.Namespace], None]) -> argparse.Namespace:
+    """The parsed flags, then `check`ed (the values argparse cannot check itself): its ValueError is the
+    parser's error, one line naming the flag."""
+    args = p.parse_args(argv)
+    try:
+        check(args)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
 
 
 def ints(text: str) -> list[int]:

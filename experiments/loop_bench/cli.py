@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments.lib.args import OneLineParser, ints
+from experiments.lib.args import OneLineParser, ints, parse_checked
 from experiments.lib.harness import Servers
 from experiments.lib.paths import ROOT, RUNS
 from experiments.loop_bench import data, latency, loop, records, report, servers, traffic
@@ -228,11 +228,7 @@ def trace_taus(rec_dirs: dict[str, Path | None], trace: list, since: float, ids:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
-    args = p.parse_args(argv)
-    try:
-        check(args)
-    except ValueError as exc:
-        p.error(str(exc))
+    args = parse_checked(p, argv, check)
     where = paths(args)
     out, work = where["out"], where["work"]
     if args.start and where["records"].is_dir() and any(where["records"].glob("*.jsonl")):

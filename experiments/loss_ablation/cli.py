@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from experiments.lib.args import OneLineParser, floats, ints
+from experiments.lib.args import OneLineParser, floats, ints, parse_checked
 from experiments.lib.paths import ROOT, RUNS
 from experiments.loss_ablation import aggregate, data, evaluate, grid, report, runs, schedule, screen
 from pars.common.hub import OFFLINE_ENCODER
@@ -155,11 +155,7 @@ def unignored_in_git(path: Path) -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
-    args = p.parse_args(argv)
-    try:
-        check(args)
-    except ValueError as exc:
-        p.error(str(exc))
+    args = parse_checked(p, argv, check)
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     out = (args.out or RUNS / f"{today}_loss_ablation" / "loss_ablation.json").resolve()
     work = (args.work_dir or out.with_name(f"{out.stem}_work")).resolve()

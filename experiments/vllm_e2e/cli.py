@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from experiments import vllm_e2e
-from experiments.lib.args import floats, per_ranker
+from experiments.lib.args import floats, parse_checked, per_ranker
 from experiments.lib.harness import Servers, cpu_list, log_dir_for
 from experiments.lib.paths import ROOT, RUNS
 from experiments.lib.traces import prompt_rows
@@ -145,11 +145,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser()
-    args = p.parse_args(argv)
-    try:
-        check(args)
-    except ValueError as exc:
-        p.error(str(exc))
+    args = parse_checked(p, argv, check)
     if args.build_model:
         return build(args)
     if args.report_from:
