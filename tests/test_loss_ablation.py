@@ -149,6 +149,18 @@ def test_paired_bootstrap_against_a_direct_computation():
         assert evaluate.verdict(same[m]["ci95"]) == "not settled (interval includes 0)"
 
 
+def test_seeds_above_pairs_runs_by_seed():
+    def p(tau):
+        return {"kendall_tau": tau, "length_weighted_tau": tau, "pairwise_accuracy": 0.5}
+
+    a = {0: p(0.40), 1: p(0.30), 2: p(0.50), 7: p(0.9)}  # seed 7: no run of b to compare with
+    b = {0: p(0.35), 1: p(0.32), 2: p(0.45), 3: p(0.1)}
+    got = evaluate.seeds_above(a, b)
+    assert got["kendall_tau"] == [2, 3] and got["pairwise_accuracy"] == [0, 3]  # a tie is not above
+    assert evaluate.seeds_above(b, a)["kendall_tau"] == [1, 3]
+    assert evaluate.seeds_above(a, {})["kendall_tau"] == [0, 0]
+
+
 def test_scores_are_cached_beside_the_run(tmp_path):
     val = val_set([5, 50, 500, 7])
     (tmp_path / "best_model.pt").write_bytes(b"weights")
@@ -303,6 +315,8 @@ def test_tiny_ablation_end_to_end_report_only_and_resume(tmp_path, tiny_model_di
     d = listmle["minus_reference"]["kendall_tau"]
     assert d["difference"] == pytest.approx(listmle["metrics"]["kendall_tau"]["mean"] - ref["metrics"]["kendall_tau"]
                                             ["mean"]) and d["ci95"][0] <= d["difference"] <= d["ci95"][1]
+    per_seed = listmle["metrics"]["kendall_tau"]["per_seed"], ref["metrics"]["kendall_tau"]["per_seed"]
+    assert d["seeds_above"] == [sum(x > y for x, y in zip(*per_seed, strict=True)), 2]
     assert set(listmle["recovery"]) == {"5", "1000"} and listmle["trace_tau"]["traces"] == 1
     rec = listmle["recovery"]["1000"]
     assert rec["traces"] == 2 and rec["mean"] is not None and rec["minus_reference"]["traces"] == 2
@@ -314,7 +328,7 @@ def test_tiny_ablation_end_to_end_report_only_and_resume(tmp_path, tiny_model_di
     assert "| cell | seeds | steps | tau (sd) | Δ tau vs ref [95% CI] | weighted tau (sd) | Δ [95% CI] | " \
            "accuracy (sd) | Δ [95% CI] | recovery W=1000 s [t 95%] | Δ recovery [t 95%] | trace tau [t 95%] |" in md
     row = next(line for line in md.splitlines() if line.startswith("| in-batch listmle | 2 | 2 |"))
-    assert row.count("|") == 13 and "[" in row.split("|")[5]
+    assert row.count("|") == 13 and "[" in row.split("|")[5] and f"↑{d['seeds_above'][0]}/2" in row.split("|")[5]
     assert "pairwise margin (in-batch, δ=0.2) beats listwise (listmle): Kendall tau " in md
     assert out.with_suffix(".png").stat().st_size > 1000
     assert (work / "runs" / "chars" / "in-batch_listmle" / "seed1" / "scores_best.json").is_file()

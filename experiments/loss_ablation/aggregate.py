@@ -42,9 +42,7 @@ def cell_row(cell: Cell, evals: Sequence[RunEval], ref: Sequence[RunEval] | None
                            "steps": [e.summary.get("steps") for e in evals],
                            "train_seconds": [e.summary.get("train_seconds") for e in evals]}
     other = None if is_ref or not ref else ref
-    row["minus_reference"] = (evaluate.difference([e.point for e in evals], [e.draws for e in evals],
-                                                  [e.point for e in other], [e.draws for e in other])
-                              if other else None)
+    row["minus_reference"] = _difference(evals, other) if other else None
     if all(e.recovery for e in evals):
         row["recovery"] = schedule.cell_value([e.recovery for e in evals],
                                               [e.recovery for e in other] if other and all(e.recovery for e in other)
@@ -54,6 +52,15 @@ def cell_row(cell: Cell, evals: Sequence[RunEval], ref: Sequence[RunEval] | None
                                              [e.trace_taus for e in other]
                                              if other and all(e.trace_taus for e in other) else None)
     return row
+
+
+def _difference(a: Sequence[RunEval], b: Sequence[RunEval]) -> dict[str, dict[str, Any]]:
+    """Cell a − cell b per metric: the paired bootstrap difference and in how many seeds a's run is above b's."""
+    diff = evaluate.difference([e.point for e in a], [e.draws for e in a], [e.point for e in b], [e.draws for e in b])
+    above = evaluate.seeds_above({e.seed: e.point for e in a}, {e.seed: e.point for e in b})
+    for m, d in diff.items():
+        d["seeds_above"] = above[m]
+    return diff
 
 
 def claims(by_cell: dict[Cell, Sequence[RunEval]]) -> list[dict[str, Any]]:
@@ -66,8 +73,7 @@ def claims(by_cell: dict[Cell, Sequence[RunEval]]) -> list[dict[str, Any]]:
             missing = ", ".join(c.name for c, e in ((a, ea), (b, eb)) if not e)
             out.append({"claim": text, "a": a.name, "b": b.name, "missing": missing})
             continue
-        diff = evaluate.difference([e.point for e in ea], [e.draws for e in ea], [e.point for e in eb],
-                                   [e.draws for e in eb])
+        diff = _difference(ea, eb)
         for m in diff.values():
             m["verdict"] = evaluate.verdict(m["ci95"])
         out.append({"claim": text, "a": a.name, "b": b.name, "seeds": [len(ea), len(eb)], "metrics": diff})

@@ -25,7 +25,11 @@ def _mean_sd(m: dict[str, Any]) -> str:
 def _delta(d: dict[str, Any] | None) -> str:
     if not d:
         return ""
-    return f"{fmt(d['difference'], 3, signed=True, missing='n/a')} {fmt_ci(d['ci95'], 3, signed=True)}".strip()
+    text = f"{fmt(d['difference'], 3, signed=True, missing='n/a')} {fmt_ci(d['ci95'], 3, signed=True)}".strip()
+    if d.get("seeds_above"):
+        k, n = d["seeds_above"]
+        text += f" ↑{k}/{n}"
+    return text
 
 
 def _over(v: dict[str, Any] | None, signed: bool = False) -> str:
@@ -92,7 +96,9 @@ def markdown(result: dict[str, Any]) -> str:
         "files). Metrics on each unit's val rows (taus) and val pairs at δ = 0.2 (accuracy): mean over seeds (sd over "
         "seeds). Δ = cell − reference (in-batch margin δ=0.2) with a paired bootstrap 95 % interval "
         f"({cfg['bootstrap']} resamples of the val rows for the taus, of the val pairs for the accuracy, the same "
-        "for both cells; a resample's value is the mean over seeds). Recovery: the share of the oracle's "
+        "for both cells; a resample's value is the mean over seeds; the seeds are fixed, so the interval is "
+        "the val set's sampling only) and ↑k/n: in k of the n seeds the cell's run is above the reference's run "
+        "of the same seed (for in-batch cells, the same batches in the same order). Recovery: the share of the oracle's "
         "mean-latency gain over FCFS in the scheduler model (experiments/lib/scheduler.py), gateway rule pars@W, "
         f"mean over load factors {', '.join(f'{x:g}' for x in s['settings']['load_factors'])} and "
         f"{s['settings']['traces']} traces of {s['settings']['num_requests']} val rows, t 95 % over traces; "
