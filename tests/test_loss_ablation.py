@@ -161,6 +161,27 @@ def test_seeds_above_pairs_runs_by_seed():
     assert evaluate.seeds_above(a, {})["kendall_tau"] == [0, 0]
 
 
+def test_a_difference_is_taken_over_the_seeds_both_cells_have():
+    from experiments.loss_ablation.aggregate import RunEval, _difference
+
+    rng = np.random.default_rng(1)
+    y = rng.integers(1, 200, size=30).astype(float)
+    val = val_set(y)
+
+    def run(seed, noise):
+        s = y + rng.normal(0, noise, 30)
+        return RunEval(seed, {}, evaluate.point(s, val), evaluate.resample_draws(s, val, 50, 3))
+
+    a = [run(0, 10), run(1, 10)]
+    b = [run(0, 40), run(1, 40), run(2, 0)]  # seed 2 of b (a perfect run) has no partner in a
+    got = _difference(a, b)["kendall_tau"]
+    assert got["seeds"] == [0, 1] and got["seeds_above"][1] == 2
+    assert got["difference"] == pytest.approx(np.mean([e.point["kendall_tau"] for e in a])
+                                              - np.mean([e.point["kendall_tau"] for e in b[:2]]))
+    apart = _difference(a, [run(5, 40)])["kendall_tau"]  # no seed in common: every run of each
+    assert apart["seeds"] is None and apart["seeds_above"] == [0, 0]
+
+
 def test_scores_are_cached_beside_the_run(tmp_path):
     val = val_set([5, 50, 500, 7])
     (tmp_path / "best_model.pt").write_bytes(b"weights")

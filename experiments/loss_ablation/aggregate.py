@@ -55,11 +55,16 @@ def cell_row(cell: Cell, evals: Sequence[RunEval], ref: Sequence[RunEval] | None
 
 
 def _difference(a: Sequence[RunEval], b: Sequence[RunEval]) -> dict[str, dict[str, Any]]:
-    """Cell a − cell b per metric: the paired bootstrap difference and in how many seeds a's run is above b's."""
+    """Cell a − cell b per metric over the seeds both have (all of each when they share none, as while an
+    ablation is under way): the paired bootstrap difference, and in how many seeds a's run is above b's."""
+    common = {e.seed for e in a} & {e.seed for e in b}
+    if common:
+        a, b = [e for e in a if e.seed in common], [e for e in b if e.seed in common]
     diff = evaluate.difference([e.point for e in a], [e.draws for e in a], [e.point for e in b], [e.draws for e in b])
     above = evaluate.seeds_above({e.seed: e.point for e in a}, {e.seed: e.point for e in b})
     for m, d in diff.items():
         d["seeds_above"] = above[m]
+        d["seeds"] = sorted(common) if common else None
     return diff
 
 

@@ -189,8 +189,8 @@ def difference(a_points: Sequence[dict], a_draws: Sequence[dict], b_points: Sequ
 
 def seeds_above(a: dict[int, dict[str, float]], b: dict[int, dict[str, float]]) -> dict[str, list[int]]:
     """Per metric [k, n]: in k of the n seeds both cells ran, cell a's run scored above cell b's run of the same
-    seed (for in-batch cells, the same batches in the same order). The bootstrap resamples val rows only, with the seeds fixed:
-    this says whether a difference is the same in every seed."""
+    seed (for in-batch cells, the same batches in the same order). The bootstrap resamples val rows only, with
+    the seeds fixed: this says whether a difference is the same in every seed."""
     common = sorted(set(a) & set(b))
     return {m: [sum(a[s][m] > b[s][m] for s in common), len(common)] for m in METRICS}
 

@@ -94,13 +94,14 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Steps: optimizer steps in the budget, mean over seeds (batches of rows for in-batch, of pairs for pair "
         "files). Metrics on each unit's val rows (taus) and val pairs at δ = 0.2 (accuracy): mean over seeds (sd over "
-        "seeds). Δ = cell − reference (in-batch margin δ=0.2) with a paired bootstrap 95 % interval "
+        "seeds). Δ = cell − reference (in-batch margin δ=0.2), over the seeds both have, with a paired bootstrap 95 % "
+        "interval "
         f"({cfg['bootstrap']} resamples of the val rows for the taus, of the val pairs for the accuracy, the same "
         "for both cells; a resample's value is the mean over seeds; the seeds are fixed, so the interval is "
         "the val set's sampling only) and ↑k/n: in k of the n seeds the cell's run is above the reference's run "
-        "of the same seed (for in-batch cells, the same batches in the same order). Recovery: the share of the oracle's "
-        "mean-latency gain over FCFS in the scheduler model (experiments/lib/scheduler.py), gateway rule pars@W, "
-        f"mean over load factors {', '.join(f'{x:g}' for x in s['settings']['load_factors'])} and "
+        "of the same seed (for in-batch cells, the same batches in the same order). Recovery: the share of the "
+        "oracle's mean-latency gain over FCFS in the scheduler model (experiments/lib/scheduler.py), gateway rule "
+        f"pars@W, mean over load factors {', '.join(f'{x:g}' for x in s['settings']['load_factors'])} and "
         f"{s['settings']['traces']} traces of {s['settings']['num_requests']} val rows, t 95 % over traces; "
         f"served lengths: {s['served_lengths']}.",
     ]
