@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pars.gateway.prompts import COMPLETIONS
+from pars.gateway.prompts import requested_choices
 
 # A non-streamed body longer than this is relayed without being read: its usage is then unknown. Answers
 # are some kilobytes (a 32k-token one some 150 KB); parsing one of megabytes (logprobs) would hold the event
@@ -70,10 +70,7 @@ def usage_literal(path: str, body: dict[str, Any]) -> str | None:
     asking would change more than that chunk: continuous_usage_stats (usage in every chunk), several choices
     (n > 1, or several completions prompts: their terminal chunks are not followed by the usage chunk), or a
     stream_options that is not an object (left for the upstream to refuse)."""
-    if body.get("stream") is not True or body.get("n", 1) not in (1, None):
-        return None
-    prompt = body.get("prompt")
-    if path == COMPLETIONS and isinstance(prompt, list) and len(prompt) > 1 and isinstance(prompt[0], str | list):
+    if body.get("stream") is not True or body.get("n", 1) not in (1, None) or requested_choices(path, body) > 1:
         return None
     options = body.get("stream_options")
     if options is None:
