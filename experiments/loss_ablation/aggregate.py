@@ -44,40 +44,39 @@ def cell_row(cell: Cell, evals: Sequence[RunEval], ref: Sequence[RunEval] | None
     other = None if is_ref or not ref else ref
     row["minus_reference"] = _difference(evals, other) if other else None
     # the value's own figures use every run of the cell; its difference from the reference, the seeds both have
-    mine, theirs = _paired(evals, other) if other else (evals, None)
+    mine, theirs, _ = _paired(evals, other) if other else (evals, None, None)
     if all(e.recovery for e in evals):
-        row["recovery"] = schedule.cell_value([e.recovery for e in evals], None)
-        if theirs and all(e.recovery for e in theirs):
-            diff = schedule.cell_value([e.recovery for e in mine], [e.recovery for e in theirs])
-            for w, v in row["recovery"].items():
-                v["minus_reference"] = diff[w]["minus_reference"]
+        row["recovery"] = schedule.cell_value(
+            [e.recovery for e in evals],
+            ([e.recovery for e in mine], [e.recovery for e in theirs])
+            if theirs and all(e.recovery for e in theirs) else None)
     if all(e.trace_taus for e in evals):
-        row["trace_tau"] = screen.cell_value([e.trace_taus for e in evals], None)
-        if theirs and all(e.trace_taus for e in theirs):
-            row["trace_tau"]["minus_reference"] = screen.cell_value([e.trace_taus for e in mine],
-                                                                    [e.trace_taus for e in theirs])["minus_reference"]
+        row["trace_tau"] = screen.cell_value(
+            [e.trace_taus for e in evals],
+            ([e.trace_taus for e in mine], [e.trace_taus for e in theirs])
+            if theirs and all(e.trace_taus for e in theirs) else None)
     return row
 
 
-def _paired(a: Sequence[RunEval], b: Sequence[RunEval]) -> tuple[Sequence[RunEval], Sequence[RunEval]]:
-    """The runs of a and of b whose seed both have; all of each when they share none (as while an ablation is under
-    way), so that a partial grid still reads."""
+def _paired(a: Sequence[RunEval], b: Sequence[RunEval]
+            ) -> tuple[Sequence[RunEval], Sequence[RunEval], list[int] | None]:
+    """The runs of a and of b whose seed both have, and those seeds; all of each and None when they share none (as
+    while an ablation is under way), so that a partial grid still reads."""
     common = {e.seed for e in a} & {e.seed for e in b}
     if not common:
-        return a, b
-    return [e for e in a if e.seed in common], [e for e in b if e.seed in common]
+        return a, b, None
+    return [e for e in a if e.seed in common], [e for e in b if e.seed in common], sorted(common)
 
 
 def _difference(a: Sequence[RunEval], b: Sequence[RunEval]) -> dict[str, dict[str, Any]]:
     """Cell a − cell b per metric over the seeds both have (all of each when they share none, as while an
     ablation is under way): the paired bootstrap difference, and in how many seeds a's run is above b's."""
-    common = {e.seed for e in a} & {e.seed for e in b}
-    a, b = _paired(a, b)
+    a, b, seeds = _paired(a, b)
     diff = evaluate.difference([e.point for e in a], [e.draws for e in a], [e.point for e in b], [e.draws for e in b])
     above = evaluate.seeds_above({e.seed: e.point for e in a}, {e.seed: e.point for e in b})
     for m, d in diff.items():
         d["seeds_above"] = above[m]
-        d["seeds"] = sorted(common) if common else None
+        d["seeds"] = seeds
     return diff
 
 

@@ -145,15 +145,17 @@ def per_trace(runs: Sequence[dict], w: str, lfs: Sequence[str] | None = None) ->
         return np.nanmean(_array(runs, w, lfs), axis=(0, 1))
 
 
-def cell_value(runs: Sequence[dict], ref: Sequence[dict] | None) -> dict[str, Any]:
+def cell_value(runs: Sequence[dict], paired: tuple[Sequence[dict], Sequence[dict]] | None) -> dict[str, Any]:
     """Per window: the recovery over traces (mean and t 95 % over traces of each trace's mean over seeds and load
-    factors), per load factor the same, and the paired difference from the reference by trace."""
+    factors), per load factor the same, and, given paired (the cell's and the reference's runs of the seeds both
+    have), the paired difference from the reference by trace."""
     out = {}
     for w in runs[0]:
         lfs = list(runs[0][w])
         row = {**over_traces(per_trace(runs, w).tolist()),
                "per_load_factor": {lf: over_traces(per_trace(runs, w, [lf]).tolist()) for lf in lfs}}
-        if ref is not None:
-            row["minus_reference"] = over_traces((per_trace(runs, w) - per_trace(ref, w)).tolist())
+        if paired is not None:
+            mine, ref = paired
+            row["minus_reference"] = over_traces((per_trace(mine, w) - per_trace(ref, w)).tolist())
         out[w] = row
     return out

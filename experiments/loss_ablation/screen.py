@@ -78,13 +78,17 @@ def run_taus(score_of: dict[str, float], traces: dict[str, dict[str, Any]]) -> d
     return {k: kendall_tau([score_of[p] for p in t["prompts"]], t["served"]) for k, t in traces.items()}
 
 
-def cell_value(runs: Sequence[dict[str, float]], ref: Sequence[dict[str, float]] | None) -> dict[str, Any]:
-    """Mean over traces (t 95 % over traces) of each trace's tau averaged over the seeds; the paired difference
-    from the reference by trace."""
+def cell_value(runs: Sequence[dict[str, float]],
+               paired: tuple[Sequence[dict[str, float]], Sequence[dict[str, float]]] | None) -> dict[str, Any]:
+    """Mean over traces (t 95 % over traces) of each trace's tau averaged over the seeds; given paired (the cell's
+    and the reference's runs of the seeds both have), the paired difference from the reference by trace."""
     keys = list(runs[0])
-    mine = np.asarray([np.mean([r[k] for r in runs]) for k in keys])
+
+    def per_trace(rs: Sequence[dict[str, float]]) -> np.ndarray:
+        return np.asarray([np.mean([r[k] for r in rs]) for k in keys])
+
+    mine = per_trace(runs)
     out = {**over_traces(mine.tolist()), "per_trace": dict(zip(keys, mine.tolist(), strict=True))}
-    if ref is not None:
-        out["minus_reference"] = over_traces((mine - np.asarray([np.mean([r[k] for r in ref]) for k in keys]))
-                                             .tolist())
+    if paired is not None:
+        out["minus_reference"] = over_traces((per_trace(paired[0]) - per_trace(paired[1])).tolist())
     return out
